@@ -1,0 +1,1 @@
+"""Converters from foreign checkpoint layouts to towerzoo Hub folders."""

@@ -1,0 +1,115 @@
+"""What every converter shares: safe reading, strict loading, and the atomic Hub-folder writer."""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+
+class ConversionError(ValueError):
+    """A checkpoint cannot be converted; the message names the problem and the fix."""
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ConversionError(f"{path} is not valid JSON ({error}); the file is corrupt or truncated.") from None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ConversionError(f"cannot read {path} as safetensors ({error}); the file is corrupt or truncated.") from None
+
+
+def _load_torch(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt/unsafe files
+        raise ConversionError(
+            f"cannot read {path} as a PyTorch state dict ({type(error).__name__}: {str(error)[:200]}); the file is "
+            "corrupt, truncated, or holds more than tensors (only weights-only files are read)."
+        ) from None
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ConversionError(f"{path} does not hold a flat {{name: tensor}} state dict.")
+    return state_dict
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read weights from a file (.safetensors, .bin/.pt) or a folder (single or sharded safetensors, or .bin)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConversionError(f"{path} does not exist.")
+    if path.is_file():
+        return _load_safetensors(path) if path.suffix == ".safetensors" else _load_torch(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(read_json(index)["weight_map"].values()))
+        state_dict = {}
+        for shard in shards:
+            state_dict.update(_load_safetensors(path / shard))
+        return state_dict
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return load_state_dict_file(path / name)
+    raise ConversionError(f"{path} holds no model.safetensors, sharded safetensors or pytorch_model.bin.")
+
+
+def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load so that every target key is filled and every source key used; raise naming both lists otherwise."""
+    expected = model.state_dict()
+    tied = {k for k in expected if k == "mlm_score.decoder.weight" and getattr(model.config, "tie_word_embeddings", False)}
+    missing = sorted(set(expected) - set(state_dict) - tied)
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(state_dict) & set(expected))
+        if state_dict[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(
+            f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{' …' if len(unexpected) > 8 else ''}"
+        )
+    if mismatched:
+        problems.append(f"shape mismatches: {'; '.join(mismatched[:5])}")
+    if problems:
+        raise ConversionError(
+            f"{source} does not match the inferred config — " + " | ".join(problems) + ". Check that the checkpoint "
+            "is complete and that any config overrides agree with its tensor shapes."
+        )
+    model.load_state_dict(state_dict, strict=not tied)
+
+
+def write_folder_atomically(output_dir: Path, fill, overwrite: bool = False) -> Path:
+    """Run `fill(tmp_dir)` on a fresh temporary folder next to `output_dir`, then rename it into place.
+
+    Nothing is left at `output_dir` if `fill` fails; an existing `output_dir` is replaced only with `overwrite`.
+    """
+    output_dir = Path(output_dir).resolve()
+    if output_dir.exists() and not overwrite:
+        raise ConversionError(f"{output_dir} already exists; pass --overwrite to replace it.")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    try:
+        fill(tmp_dir)
+        if output_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+            os.replace(output_dir, old / "previous")
+            os.replace(tmp_dir, output_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp_dir, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return output_dir

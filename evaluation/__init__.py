@@ -1,0 +1,1 @@
+"""Evaluation harnesses (metrics and tasks)."""

@@ -1,0 +1,1 @@
+"""Model-card generation for towerzoo Hub folders."""

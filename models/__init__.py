@@ -1,0 +1,1 @@
+"""Model code: one self-contained Hub folder per architecture."""

@@ -1,0 +1,283 @@
+# Copyright 2026 The towerzoo authors. Licensed under the Apache License, Version 2.0.
+"""Building blocks shared by the towerzoo two-tower models (one source, symlinked into each Hub folder).
+
+Read in the order data flows: CLIP vision tower pieces, RoBERTa text tower pieces, the post-LayerNorm BERT blocks
+that also make the cross-modal layers, then the small heads. Blocks read their sizes from the config object they
+are given, by the names transformers uses (`hidden_size`, `num_attention_heads`, `intermediate_size`, …).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .tower_attention import TowerAttention
+
+# --------------------------------------------------------------------------------------------------------------------
+# Vision tower (OpenAI CLIP ViT: pre-LN residual blocks, QuickGELU)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ClipVisionEmbeddings(nn.Module):
+    """Patch embedding (conv, no bias) + class token + learned absolute positions."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.image_size = config.image_size
+        self.patch_size = config.patch_size
+        self.class_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size, bias=False
+        )
+        self.num_positions = (config.image_size // config.patch_size) ** 2 + 1
+        self.position_embedding = nn.Embedding(self.num_positions, config.hidden_size)
+
+    def _interpolated_positions(self, height: int, width: int) -> torch.Tensor:
+        weight = self.position_embedding.weight
+        grid = int(math.sqrt(self.num_positions - 1))
+        patch_pos = weight[1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        size = (height // self.patch_size, width // self.patch_size)
+        patch_pos = F.interpolate(patch_pos, size=size, mode="bicubic", align_corners=False)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(-1, weight.shape[-1])
+        return torch.cat([weight[:1], patch_pos], dim=0)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.patch_embedding.in_channels:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {self.patch_embedding.in_channels}, height, width), got "
+                f"{tuple(pixel_values.shape)}; convert images to RGB and run them through the model's image processor."
+            )
+        batch_size, _, height, width = pixel_values.shape
+        if not interpolate_pos_encoding and (height != self.image_size or width != self.image_size):
+            raise ValueError(
+                f"image size {height}x{width} does not match the model's {self.image_size}x{self.image_size}; resize "
+                "with the model's image processor, or pass interpolate_pos_encoding=True to interpolate positions."
+            )
+        patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+        class_token = self.class_embedding.to(patches.dtype).expand(batch_size, 1, -1)
+        embeddings = torch.cat([class_token, patches], dim=1)
+        if interpolate_pos_encoding:
+            return embeddings + self._interpolated_positions(height, width)
+        return embeddings + self.position_embedding.weight
+
+
+class ClipMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class ClipVisionLayer(GradientCheckpointingLayer):
+    """Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = TowerAttention(
+            config, config.hidden_size, config.num_attention_heads, dropout=config.attention_dropout
+        )
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ClipMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden_states = hidden_states + self.self_attn(self.layer_norm1(hidden_states), attention_mask)[0]
+        return hidden_states + self.mlp(self.layer_norm2(hidden_states))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Text tower (RoBERTa embeddings + post-LN BERT layers)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class RobertaEmbeddings(nn.Module):
+    """Word + position + token-type embeddings; positions count real tokens from `pad_token_id + 1` as RoBERTa."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.padding_idx = config.pad_token_id
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    @property
+    def max_text_length(self) -> int:
+        """The longest token sequence the position table holds."""
+        return self.position_embeddings.num_embeddings - self.padding_idx - 1
+
+    def forward(self, input_ids: torch.LongTensor, token_type_ids: torch.LongTensor | None = None) -> torch.Tensor:
+        if input_ids.shape[1] > self.max_text_length:
+            raise ValueError(
+                f"text of {input_ids.shape[1]} tokens is longer than the position table allows "
+                f"({self.max_text_length}); tokenize with truncation=True, max_length={self.max_text_length}."
+            )
+        not_pad = input_ids.ne(self.padding_idx).int()
+        position_ids = torch.cumsum(not_pad, dim=1) * not_pad + self.padding_idx
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        embeddings = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings(token_type_ids)
+            + self.position_embeddings(position_ids.long())
+        )
+        return self.dropout(self.layer_norm(embeddings))
+
+
+class BertAttentionBlock(nn.Module):
+    """Post-LN attention block: LayerNorm(x + dropout(attn(x, context)))."""
+
+    def __init__(self, config, is_cross_attention: bool = False):
+        super().__init__()
+        self.attn = TowerAttention(
+            config,
+            config.hidden_size,
+            config.num_attention_heads,
+            dropout=config.attention_probs_dropout_prob,
+            is_cross_attention=is_cross_attention,
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        key_value_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        attn_output = self.attn(hidden_states, attention_mask, key_value_states)[0]
+        return self.layer_norm(hidden_states + self.dropout(attn_output))
+
+
+class BertFeedForward(nn.Module):
+    """Post-LN feed-forward block: LayerNorm(x + dropout(fc2(act(fc1(x)))))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(hidden_states + self.dropout(self.fc2(self.act(self.fc1(hidden_states)))))
+
+
+class BertLayer(GradientCheckpointingLayer):
+    """A RoBERTa/BERT encoder layer: self-attention then feed-forward, both post-LN."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.self_attention = BertAttentionBlock(config)
+        self.mlp = BertFeedForward(config)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.mlp(self.self_attention(hidden_states, attention_mask))
+
+
+class CrossModalLayer(GradientCheckpointingLayer):
+    """A cross-modal layer: self-attention, cross-attention to the other modality, feed-forward (all post-LN)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.self_attention = BertAttentionBlock(config)
+        self.cross_attention = BertAttentionBlock(config, is_cross_attention=True)
+        self.mlp = BertFeedForward(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        other_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cross_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden_states = self.self_attention(hidden_states, attention_mask)
+        hidden_states = self.cross_attention(hidden_states, cross_attention_mask, other_states)
+        return self.mlp(hidden_states)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Small modules: pooler, link tower, heads
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class Pooler(nn.Module):
+    """tanh(dense(first token))."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))
+
+
+class LinkTower(nn.Module):
+    """Bridge layer joining a uni-modal layer output `x` with the previous cross-modal output `y`.
+
+    `add`: LN(x + y); `scaled_add`: LN(s * x + y); `interpolate`: LN((1 - b) * x + b * y).
+    """
+
+    def __init__(self, hidden_size: int, link_tower_type: str, eps: float):
+        super().__init__()
+        self.link_tower_type = link_tower_type
+        if link_tower_type == "scaled_add":
+            self.scaled_factor = nn.Parameter(torch.tensor(1.0))
+        elif link_tower_type == "interpolate":
+            self.beta = nn.Parameter(torch.tensor(0.5))
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
+
+    def forward(self, hidden_states: torch.Tensor, cross_modal_hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.link_tower_type == "scaled_add":
+            hidden_states = hidden_states * self.scaled_factor + cross_modal_hidden_states
+        elif self.link_tower_type == "interpolate":
+            hidden_states = hidden_states * (1 - self.beta) + cross_modal_hidden_states * self.beta
+        else:
+            hidden_states = hidden_states + cross_modal_hidden_states
+        return self.layer_norm(hidden_states)
+
+
+class ClassifierHead(nn.Module):
+    """Task classifier: Linear (1 layer), or Linear → LayerNorm → GELU → Linear (2 layers)."""
+
+    def __init__(self, in_features: int, hidden_features: int, num_labels: int, num_layers: int):
+        super().__init__()
+        if num_layers not in (1, 2):
+            raise ValueError(f"task_head_layers must be 1 or 2, got {num_layers}.")
+        self.num_layers = num_layers
+        if num_layers == 2:
+            self.dense = nn.Linear(in_features, hidden_features)
+            self.layer_norm = nn.LayerNorm(hidden_features)
+            in_features = hidden_features
+        self.out_proj = nn.Linear(in_features, num_labels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.num_layers == 2:
+            features = F.gelu(self.layer_norm(self.dense(features)))
+        return self.out_proj(features)
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's prediction head: dense → act → LayerNorm → decoder (+ separate bias)."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, hidden_act: str, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.act = ACT2FN[hidden_act]
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.decoder = nn.Linear(hidden_size, vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.layer_norm(self.act(self.dense(hidden_states)))) + self.bias
