@@ -54,7 +54,10 @@ _CLASSIFIER_2 = [("0.", "dense."), ("1.", "layer_norm."), ("3.", "out_proj.")]
 
 KEY_RULES: list[tuple[str, str]] = [
     (r"^text_model\.embeddings\.LayerNorm\.", "text_model.embeddings.layer_norm."),
-    (r"^text_model\.embeddings\.(word|position|token_type)_embeddings\.weight$", r"text_model.embeddings.\1_embeddings.weight"),
+    (
+        r"^text_model\.embeddings\.(word|position|token_type)_embeddings\.weight$",
+        r"text_model.embeddings.\1_embeddings.weight",
+    ),
     *[
         (rf"^{re.escape(src)}\.(\d+)\.{re.escape(sub)}", rf"{dst}.\1.{new}")
         for src, dst in _BERT_STACKS
@@ -88,7 +91,15 @@ DROPPED: list[tuple[str, str]] = [
     (r"^clip_text_side\.", "CLIP's text-side tensors, which BridgeTower never runs"),
 ]
 
-HEAD_PREFIXES = ("mlm_score.", "itm_score.", "itc_", "logit_scale", "vqa_classifier.", "snli_classifier.", "nlvr2_classifier.")
+HEAD_PREFIXES = (
+    "mlm_score.",
+    "itm_score.",
+    "itc_",
+    "logit_scale",
+    "vqa_classifier.",
+    "snli_classifier.",
+    "nlvr2_classifier.",
+)
 
 
 def _classifier_rules(task_head_layers: int) -> list[tuple[str, str]]:

@@ -11,17 +11,17 @@ from pathlib import Path
 import torch
 import transformers
 
+from towerzoo.conversions.bridgetower_folder import (
+    build_model,
+    check_tolerance,
+    heads_in,
+    random_inputs,
+    save_bridgetower,
+    verification_record,
+)
 from towerzoo.conversions.bridgetower_keys import to_towerzoo
 from towerzoo.conversions.common import ConversionError, load_state_dict_file, read_json
-from towerzoo.models.bridgetower import BridgeTowerConfig
-
-# transformers head class → (towerzoo head class name, which head keys identify it)
-TRANSFORMERS_HEADS = {
-    "BridgeTowerForMaskedLM": "BridgeTowerForMaskedLM",
-    "BridgeTowerForImageAndTextRetrieval": "BridgeTowerForImageAndTextRetrieval",
-    "BridgeTowerForContrastiveLearning": "BridgeTowerForContrastiveLearning",
-    "BridgeTowerModel": "BridgeTowerModel",
-}
+from towerzoo.models.bridgetower import BridgeTowerConfig, BridgeTowerModel
 
 
 def config_from_transformers(hf_config: dict) -> BridgeTowerConfig:
@@ -47,7 +47,9 @@ def config_from_transformers(hf_config: dict) -> BridgeTowerConfig:
         "hidden_dropout_prob attention_probs_dropout_prob max_position_embeddings type_vocab_size layer_norm_eps "
         "pad_token_id bos_token_id eos_token_id"
     ).split()
-    vision_keys = "hidden_size num_hidden_layers num_channels patch_size image_size layer_norm_eps share_layernorm".split()
+    vision_keys = (
+        "hidden_size num_hidden_layers num_channels patch_size image_size layer_norm_eps share_layernorm".split()
+    )
     return BridgeTowerConfig(
         text_config={k: text[k] for k in text_keys if k in text},
         vision_config={
@@ -88,25 +90,15 @@ def read_transformers_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tens
     return hf_config, state_dict
 
 
-def head_class_for(state_dict: dict[str, torch.Tensor]) -> str:
-    """Pick the towerzoo class whose heads the checkpoint carries (MLM > ITM > ITC > bare model)."""
-    if any(k.startswith("mlm_score.") for k in state_dict):
-        return "BridgeTowerForMaskedLM"
-    if any(k.startswith("itm_score.") for k in state_dict):
-        return "BridgeTowerForImageAndTextRetrieval"
-    if any(k.startswith("itc_") for k in state_dict):
-        return "BridgeTowerForContrastiveLearning"
-    return "BridgeTowerModel"
-
-
-def convert(path: Path) -> tuple[BridgeTowerConfig, dict[str, torch.Tensor], dict[str, str], dict]:
-    """Return (towerzoo config, towerzoo state dict, dropped keys with reasons, transformers config dict)."""
+def convert(path: Path) -> tuple[BridgeTowerConfig, dict[str, torch.Tensor], dict[str, str], dict, dict]:
+    """Return (towerzoo config, towerzoo state dict, dropped keys with reasons, transformers config dict, source
+    state dict)."""
     hf_config, state_dict = read_transformers_checkpoint(Path(path))
     config = config_from_transformers(hf_config)
     new_state_dict, dropped = to_towerzoo(state_dict, config.task_head_layers)
     if config.tie_word_embeddings:
         new_state_dict.pop("mlm_score.decoder.weight", None)
-    return config, new_state_dict, dropped, hf_config
+    return config, new_state_dict, dropped, hf_config, state_dict
 
 
 def reference_model(hf_config: dict, state_dict: dict[str, torch.Tensor], class_name: str) -> torch.nn.Module:
@@ -116,9 +108,58 @@ def reference_model(hf_config: dict, state_dict: dict[str, torch.Tensor], class_
     config.logit_scale_init_value = hf_config.get("logit_scale_init_value", 2.6592)
     model = getattr(transformers, class_name)(config)
     prefixed = {
-        (k if k.startswith(("mlm_score", "itm_score", "itc_", "logit_scale")) or class_name == "BridgeTowerModel"
-         else f"bridgetower.{k}"): v
+        (
+            k
+            if k.startswith(("mlm_score", "itm_score", "itc_", "logit_scale")) or class_name == "BridgeTowerModel"
+            else f"bridgetower.{k}"
+        ): v
         for k, v in state_dict.items()
     }
     model.load_state_dict(prefixed, strict=False)
     return model.eval()
+
+
+@torch.no_grad()
+def verify_against_transformers(model, hf_config: dict, source_state_dict: dict[str, torch.Tensor]) -> dict:
+    """Run transformers' classes on the source weights and towerzoo's model on the converted ones; return the largest
+    absolute difference per compared output."""
+    inputs = random_inputs(model.config)
+    ours = model.eval()
+    base = ours if isinstance(ours, BridgeTowerModel) else ours.bridgetower
+    reference = reference_model(hf_config, source_state_dict, "BridgeTowerModel")
+    expected, got = reference(**inputs), base(**inputs)
+    diffs = {
+        name: float((getattr(expected, name) - getattr(got, name)).abs().max())
+        for name in ("text_features", "image_features", "pooler_output")
+    }
+    heads = heads_in(model.state_dict())
+    if "mlm" in heads:
+        expected = reference_model(hf_config, source_state_dict, "BridgeTowerForMaskedLM")(**inputs).logits
+        diffs["mlm_logits"] = float((expected - ours.mlm_score(got.text_features)).abs().max())
+    if "itm" in heads:
+        expected = reference_model(hf_config, source_state_dict, "BridgeTowerForImageAndTextRetrieval")(
+            **inputs
+        ).logits
+        diffs["itm_logits"] = float((expected - ours.itm_score(got.pooler_output)).abs().max())
+    if "itc" in heads:
+        expected = reference_model(hf_config, source_state_dict, "BridgeTowerForContrastiveLearning")(**inputs)
+        contrastive = ours._contrastive(got, return_loss=False)
+        for name in ("text_embeds", "image_embeds", "cross_embeds"):
+            diffs[f"itc_{name}"] = float((getattr(expected, name) - getattr(contrastive, name)).abs().max())
+    return diffs
+
+
+def run(
+    input_path: Path,
+    output_dir: Path,
+    tokenizer: Path | None = None,
+    overwrite: bool = False,
+    tolerance: float = 1e-4,
+) -> Path:
+    """Convert, verify against transformers' own classes, and write the Hub folder."""
+    config, state_dict, dropped, hf_config, source_state_dict = convert(input_path)
+    model = build_model(config, state_dict, source=str(input_path))
+    diffs = verify_against_transformers(model, hf_config, source_state_dict)
+    check_tolerance(diffs, tolerance, reference="transformers' built-in BridgeTower")
+    verification = verification_record("bridgetower-transformers", input_path, diffs, dropped, "transformers")
+    return save_bridgetower(model, output_dir, tokenizer=tokenizer, verification=verification, overwrite=overwrite)

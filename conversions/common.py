@@ -26,7 +26,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as error:
-        raise ConversionError(f"cannot read {path} as safetensors ({error}); the file is corrupt or truncated.") from None
+        raise ConversionError(
+            f"cannot read {path} as safetensors ({error}); the file is corrupt or truncated."
+        ) from None
 
 
 def _load_torch(path: Path) -> dict[str, torch.Tensor]:
@@ -65,7 +67,9 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load so that every target key is filled and every source key used; raise naming both lists otherwise."""
     expected = model.state_dict()
-    tied = {k for k in expected if k == "mlm_score.decoder.weight" and getattr(model.config, "tie_word_embeddings", False)}
+    tied = {
+        k for k in expected if k == "mlm_score.decoder.weight" and getattr(model.config, "tie_word_embeddings", False)
+    }
     missing = sorted(set(expected) - set(state_dict) - tied)
     unexpected = sorted(set(state_dict) - set(expected))
     mismatched = [
@@ -90,6 +94,15 @@ def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sou
     model.load_state_dict(state_dict, strict=not tied)
 
 
+def _make_readable(folder: Path) -> None:
+    """mkdtemp creates 0700 folders (and some writers 0600 files): give the result the usual umask permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def write_folder_atomically(output_dir: Path, fill, overwrite: bool = False) -> Path:
     """Run `fill(tmp_dir)` on a fresh temporary folder next to `output_dir`, then rename it into place.
 
@@ -102,6 +115,7 @@ def write_folder_atomically(output_dir: Path, fill, overwrite: bool = False) -> 
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
         fill(tmp_dir)
+        _make_readable(tmp_dir)
         if output_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
             os.replace(output_dir, old / "previous")

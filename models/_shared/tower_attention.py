@@ -74,7 +74,9 @@ class TowerAttention(nn.Module):
     Used as self-attention (`key_value_states=None`) and as cross-attention to another modality.
     """
 
-    def __init__(self, config, hidden_size: int, num_heads: int, dropout: float = 0.0, is_cross_attention: bool = False):
+    def __init__(
+        self, config, hidden_size: int, num_heads: int, dropout: float = 0.0, is_cross_attention: bool = False
+    ):
         super().__init__()
         if hidden_size % num_heads != 0:
             raise ValueError(
@@ -109,9 +111,7 @@ class TowerAttention(nn.Module):
         value = self.v_proj(kv_states).view(split).transpose(1, 2)
 
         implementation = self.config._attn_implementation
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            implementation, eager_attention_forward
-        )
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         dropout = self.dropout if self.training else 0.0
         if _is_flash(implementation) and key_value_states is not None and attention_mask is not None:
             attn_output = _flash_cross_attention(self, attention_interface, query, key, value, attention_mask, dropout)

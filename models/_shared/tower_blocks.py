@@ -30,7 +30,11 @@ class ClipVisionEmbeddings(nn.Module):
         self.patch_size = config.patch_size
         self.class_embedding = nn.Parameter(torch.zeros(config.hidden_size))
         self.patch_embedding = nn.Conv2d(
-            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size, bias=False
+            config.num_channels,
+            config.hidden_size,
+            kernel_size=config.patch_size,
+            stride=config.patch_size,
+            bias=False,
         )
         self.num_positions = (config.image_size // config.patch_size) ** 2 + 1
         self.position_embedding = nn.Embedding(self.num_positions, config.hidden_size)

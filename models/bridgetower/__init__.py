@@ -6,6 +6,7 @@ from .modeling_bridgetower import (
     BridgeTowerForImageAndTextRetrieval,
     BridgeTowerForMaskedLM,
     BridgeTowerForNLVR2,
+    BridgeTowerForPreTraining,
     BridgeTowerForVisualEntailment,
     BridgeTowerForVisualQuestionAnswering,
     BridgeTowerModel,
@@ -18,6 +19,7 @@ __all__ = [
     "BridgeTowerForImageAndTextRetrieval",
     "BridgeTowerForMaskedLM",
     "BridgeTowerForNLVR2",
+    "BridgeTowerForPreTraining",
     "BridgeTowerForVisualEntailment",
     "BridgeTowerForVisualQuestionAnswering",
     "BridgeTowerModel",
@@ -25,3 +27,15 @@ __all__ = [
     "BridgeTowerTextConfig",
     "BridgeTowerVisionConfig",
 ]
+
+# Which transformers Auto class loads each class from a Hub folder (written into config.json's auto_map).
+AUTO_CLASSES = {
+    "BridgeTowerModel": "AutoModel",
+    "BridgeTowerForPreTraining": "AutoModelForPreTraining",
+    "BridgeTowerForMaskedLM": "AutoModelForMaskedLM",
+    "BridgeTowerForVisualQuestionAnswering": "AutoModelForVisualQuestionAnswering",
+    "BridgeTowerForImageAndTextRetrieval": "AutoModelForSequenceClassification",
+    "BridgeTowerForVisualEntailment": "AutoModelForSequenceClassification",
+    "BridgeTowerForNLVR2": "AutoModelForSequenceClassification",
+    "BridgeTowerForContrastiveLearning": "AutoModelForZeroShotImageClassification",
+}

@@ -153,6 +153,8 @@ class BridgeTowerConfig(PretrainedConfig):
         contrastive_cross_modal_head (`bool`, defaults to `True`): add transformers' third ITC head on the pooled
             cross-modal features (the original has none).
         logit_scale_init_value (`float`, defaults to 2.6592): initial log of the ITC logit scale (1/temperature).
+        pretraining_heads (`list[str]`, defaults to `["mlm", "itm"]`): the heads `BridgeTowerForPreTraining` holds,
+            any of "mlm", "itm", "itc" (the paper pre-trains with MLM and ITM).
         tie_word_embeddings (`bool`, defaults to `False`): tie the MLM decoder to the word embeddings (the original
             does not).
         initializer_range (`float`, defaults to 0.02): std of the normal init of new Linear/Embedding weights.
@@ -185,6 +187,7 @@ class BridgeTowerConfig(PretrainedConfig):
         contrastive_image_features: str = "cross_modal_transform",
         contrastive_cross_modal_head: bool = True,
         logit_scale_init_value: float = 2.6592,
+        pretraining_heads: list[str] | None = None,
         tie_word_embeddings: bool = False,
         initializer_range: float = 0.02,
         **kwargs,
@@ -214,6 +217,7 @@ class BridgeTowerConfig(PretrainedConfig):
         self.contrastive_image_features = contrastive_image_features
         self.contrastive_cross_modal_head = contrastive_cross_modal_head
         self.logit_scale_init_value = logit_scale_init_value
+        self.pretraining_heads = list(pretraining_heads) if pretraining_heads is not None else ["mlm", "itm"]
         self.tie_word_embeddings = tie_word_embeddings
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
@@ -228,6 +232,9 @@ class BridgeTowerConfig(PretrainedConfig):
                 f"contrastive_image_features must be one of {CONTRASTIVE_IMAGE_FEATURES}, "
                 f"got {self.contrastive_image_features!r}."
             )
+        unknown_heads = set(self.pretraining_heads) - {"mlm", "itm", "itc"}
+        if unknown_heads:
+            raise ValueError(f"pretraining_heads may hold 'mlm', 'itm', 'itc'; got {sorted(unknown_heads)}.")
         if self.num_token_types not in (2, 3):
             raise ValueError(f"num_token_types must be 2 or 3 (3 for NLVR2), got {self.num_token_types}.")
         for name, tower in (("text_config", self.text_config), ("vision_config", self.vision_config)):

@@ -89,7 +89,13 @@ class BridgeTowerPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _no_split_modules = ["ClipVisionLayer", "BertLayer", "CrossModalLayer", "RobertaEmbeddings", "ClipVisionEmbeddings"]
+    _no_split_modules = [
+        "ClipVisionLayer",
+        "BertLayer",
+        "CrossModalLayer",
+        "RobertaEmbeddings",
+        "ClipVisionEmbeddings",
+    ]
 
     def _init_weights(self, module: nn.Module) -> None:
         """The original init: N(0, 0.02) Linear/Embedding weights, zero biases, unit LayerNorms; CLIP's for the ViT."""
@@ -207,7 +213,9 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         self.vision_model = BridgeTowerVisionModel._from_config(vision_config)
 
         shared = config.share_cross_modal_transformer_layers
-        self.cross_modal_text_transform = _per_layer(lambda: nn.Linear(text_config.hidden_size, hidden), layers, shared)
+        self.cross_modal_text_transform = _per_layer(
+            lambda: nn.Linear(text_config.hidden_size, hidden), layers, shared
+        )
         self.cross_modal_image_transform = _per_layer(
             lambda: nn.Linear(vision_config.hidden_size, hidden), layers, shared
         )
@@ -245,7 +253,9 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
     def image_modality_embedding(self, vision_states: torch.Tensor, depth: int, token_type: int = 1) -> torch.Tensor:
         """Post-LayerNorm a ViT block output, project it into the cross-modal width, add the image type embedding."""
         normed = self.vision_model.post_layernorm(vision_states)
-        return self._at(self.cross_modal_image_transform, depth)(normed) + self.token_type_embeddings.weight[token_type]
+        return (
+            self._at(self.cross_modal_image_transform, depth)(normed) + self.token_type_embeddings.weight[token_type]
+        )
 
     def forward(
         self,
@@ -361,12 +371,11 @@ class BridgeTowerForImageAndTextRetrieval(BridgeTowerPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
-class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
-    """Image-text contrastive (ITC) heads: L2-normalised uni-modal (and pooled cross-modal) embeddings."""
+class _ContrastiveHeads:
+    """The ITC heads and their maths, shared by `BridgeTowerForContrastiveLearning` and `BridgeTowerForPreTraining`
+    (same parameter names in both, so one checkpoint serves both)."""
 
-    def __init__(self, config: BridgeTowerConfig):
-        super().__init__(config)
-        self.bridgetower = BridgeTowerModel(config)
+    def _init_contrastive_heads(self, config: BridgeTowerConfig) -> None:
         self.itc_text_head = nn.Linear(config.text_config.hidden_size, config.contrastive_hidden_size)
         image_width = (
             config.vision_config.hidden_size
@@ -377,7 +386,6 @@ class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
         if config.contrastive_cross_modal_head:
             self.itc_cross_modal_head = nn.Linear(config.hidden_size * 2, config.contrastive_hidden_size)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
-        self.post_init()
 
     def _text_embeds(self, text_last_hidden_state: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.itc_text_head(text_last_hidden_state[:, 0]), dim=-1)
@@ -399,10 +407,7 @@ class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
         vision = self.bridgetower.vision_model(pixel_values, interpolate_pos_encoding)
         return self._image_embeds(vision.last_hidden_state)
 
-    def forward(self, input_ids, attention_mask=None, pixel_values=None, return_loss=None, **kwargs):
-        r"""return_loss (`bool`): return the symmetric InfoNCE loss over the batch (pairs on the diagonal); with the
-        cross-modal head, the mean of the text-image, text-cross and image-cross losses as transformers computes it."""
-        outputs = self.bridgetower(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
+    def _contrastive(self, outputs: BridgeTowerModelOutput, return_loss: bool | None) -> BridgeTowerContrastiveOutput:
         text_embeds = self._text_embeds(outputs.text_last_hidden_state)
         image_embeds = self._image_embeds(outputs.image_last_hidden_state)
         scale = self.logit_scale.exp()
@@ -425,6 +430,96 @@ class BridgeTowerForContrastiveLearning(BridgeTowerPreTrainedModel):
             text_embeds=text_embeds,
             image_embeds=image_embeds,
             cross_embeds=cross_embeds,
+            hidden_states=outputs.hidden_states,
+        )
+
+
+class BridgeTowerForContrastiveLearning(_ContrastiveHeads, BridgeTowerPreTrainedModel):
+    """Image-text contrastive (ITC) heads: L2-normalised uni-modal (and pooled cross-modal) embeddings."""
+
+    def __init__(self, config: BridgeTowerConfig):
+        super().__init__(config)
+        self.bridgetower = BridgeTowerModel(config)
+        self._init_contrastive_heads(config)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, return_loss=None, **kwargs):
+        r"""return_loss (`bool`): return the symmetric InfoNCE loss over the batch (pairs on the diagonal); with the
+        cross-modal head, the mean of the text-image, text-cross and image-cross losses as transformers computes it."""
+        outputs = self.bridgetower(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
+        return self._contrastive(outputs, return_loss)
+
+
+@dataclass
+class BridgeTowerForPreTrainingOutput(ModelOutput):
+    """
+    Args:
+        loss: sum of the requested losses (MLM with `labels`, ITM with `itm_labels`, ITC with `return_loss`).
+        mlm_logits (`(batch, text_len, vocab)`), itm_logits (`(batch, 2)`): the heads' outputs.
+        contrastive: the ITC output (with "itc" in `config.pretraining_heads`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    mlm_logits: torch.FloatTensor | None = None
+    itm_logits: torch.FloatTensor | None = None
+    contrastive: BridgeTowerContrastiveOutput | None = None
+    hidden_states: tuple | None = None
+
+
+class BridgeTowerForPreTraining(_ContrastiveHeads, BridgeTowerPreTrainedModel):
+    """The pre-training heads together (`config.pretraining_heads`, any of "mlm", "itm", "itc"), named as in the
+    single-head classes so one checkpoint loads into each of them too."""
+
+    _tied_weights_keys = {"mlm_score.decoder.weight": "bridgetower.text_model.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: BridgeTowerConfig):
+        super().__init__(config)
+        self.bridgetower = BridgeTowerModel(config)
+        heads = config.pretraining_heads
+        if "mlm" in heads:
+            self.mlm_score = MaskedLMHead(
+                config.hidden_size, config.text_config.vocab_size, config.hidden_act, config.layer_norm_eps
+            )
+        if "itm" in heads:
+            self.itm_score = nn.Linear(config.hidden_size * 2, 2)
+        if "itc" in heads:
+            self._init_contrastive_heads(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        return self.mlm_score.decoder if "mlm" in self.config.pretraining_heads else None
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values=None,
+        labels=None,
+        itm_labels=None,
+        return_loss=None,
+        **kwargs,
+    ) -> BridgeTowerForPreTrainingOutput:
+        r"""labels: MLM targets (-100 = ignore). itm_labels (`(batch,)`): 1 match / 0 mismatch. return_loss: ITC."""
+        outputs = self.bridgetower(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
+        heads, losses = self.config.pretraining_heads, []
+        mlm_logits = itm_logits = contrastive = None
+        if "mlm" in heads:
+            mlm_logits = self.mlm_score(outputs.text_features)
+            if labels is not None:
+                losses.append(F.cross_entropy(mlm_logits.flatten(0, 1), labels.to(mlm_logits.device).view(-1)))
+        if "itm" in heads:
+            itm_logits = self.itm_score(outputs.pooler_output)
+            if itm_labels is not None:
+                losses.append(F.cross_entropy(itm_logits, itm_labels.to(itm_logits.device).view(-1)))
+        if "itc" in heads:
+            contrastive = self._contrastive(outputs, return_loss)
+            if contrastive.loss is not None:
+                losses.append(contrastive.loss)
+        return BridgeTowerForPreTrainingOutput(
+            loss=sum(losses) if losses else None,
+            mlm_logits=mlm_logits,
+            itm_logits=itm_logits,
+            contrastive=contrastive,
             hidden_states=outputs.hidden_states,
         )
 
@@ -507,6 +602,7 @@ class BridgeTowerForNLVR2(BridgeTowerPreTrainedModel):
 
 __all__ = [
     "BridgeTowerForContrastiveLearning",
+    "BridgeTowerForPreTraining",
     "BridgeTowerForImageAndTextRetrieval",
     "BridgeTowerForMaskedLM",
     "BridgeTowerForNLVR2",

@@ -1,0 +1,5 @@
+import sys
+
+from towerzoo.cli import main
+
+sys.exit(main())

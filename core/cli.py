@@ -1,0 +1,49 @@
+"""The `towerzoo` command line: `towerzoo convert SOURCE INPUT OUTPUT_DIR [...]`."""
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+# conversion source → module in towerzoo.conversions exposing `run(input_path, output_dir, tokenizer, overwrite)`
+CONVERTERS = {
+    "bridgetower-transformers": "bridgetower_transformers",
+    "bridgetower-original": "bridgetower_original",
+}
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from towerzoo.conversions.common import ConversionError
+
+    module = importlib.import_module(f"towerzoo.conversions.{CONVERTERS[args.source]}")
+    try:
+        output = module.run(
+            Path(args.input), Path(args.output_dir), tokenizer=args.tokenizer, overwrite=args.overwrite
+        )
+    except ConversionError as error:
+        print(f"towerzoo convert: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="towerzoo", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("convert", help="convert a checkpoint into a verified towerzoo Hub folder")
+    convert.add_argument("source", choices=sorted(CONVERTERS), help="the input checkpoint's format")
+    convert.add_argument("input", help="checkpoint file or folder")
+    convert.add_argument("output_dir", help="where to write the Hub folder (written atomically)")
+    convert.add_argument("--tokenizer", type=Path, help="tokenizer folder; adds processor files to the output")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    convert.set_defaults(handler=_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
