@@ -300,15 +300,17 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         text_self_mask = padding_mask_for(self.config, text, attention_mask)
         image_to_text_mask = padding_mask_for(self.config, image, attention_mask, keys=text)
 
-        cross_states = []
-        for i in range(depth):
-            if i > 0:
-                text = self._at(self.cross_modal_text_link_tower, i - 1)(
-                    self.text_modality_embedding(text_routed[i], i), text_out
-                )
-                image = self._at(self.cross_modal_image_link_tower, i - 1)(
-                    self.image_modality_embedding(vision_routed[i], i, image_token_type_idx), image_out
-                )
+        text_out = self.cross_modal_text_layers[0](text, image, text_self_mask, None)
+        image_out = self.cross_modal_image_layers[0](image, text, None, image_to_text_mask)
+        cross_states = [(text_out, image_out)]
+        for i in range(1, depth):
+            # bridge: LinkTower(uni-modal layer i, cross-modal output i-1)
+            text = self._at(self.cross_modal_text_link_tower, i - 1)(
+                self.text_modality_embedding(text_routed[i], i), text_out
+            )
+            image = self._at(self.cross_modal_image_link_tower, i - 1)(
+                self.image_modality_embedding(vision_routed[i], i, image_token_type_idx), image_out
+            )
             text_out = self.cross_modal_text_layers[i](text, image, text_self_mask, None)
             image_out = self.cross_modal_image_layers[i](image, text, None, image_to_text_mask)
             cross_states.append((text_out, image_out))
