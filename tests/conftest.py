@@ -1,94 +1,16 @@
-"""Shared fixtures: tiny configs, a tiny RoBERTa-style tokenizer, and a tiny image set — all built offline."""
+"""Pytest wiring: shared fixtures, and `model_class` parametrisation for the common model tester."""
 
 import pytest
-import torch
+from common_model_tester import parametrize_model_classes
+from testing_utils import build_tiny_tokenizer, padded_text_batch, random_pixels, tiny_bridgetower_config
 
-from towerzoo.models.bridgetower import BridgeTowerConfig
-
-
-def tiny_bridgetower_config(**overrides) -> BridgeTowerConfig:
-    """A BridgeTower small enough for two CPU cores; widths are multiples of 64 so transformers' ViT (width/64 heads)
-    can be built with the same shapes."""
-    text = {
-        "vocab_size": 297,
-        "hidden_size": 64,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "intermediate_size": 96,
-        "max_position_embeddings": 40,
-        **overrides.pop("text_config", {}),
-    }
-    vision = {
-        "hidden_size": 64,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 1,
-        "intermediate_size": 256,
-        "image_size": 32,
-        "patch_size": 8,
-        **overrides.pop("vision_config", {}),
-    }
-    defaults = {
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "intermediate_size": 96,
-        "contrastive_hidden_size": 16,
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
-    }
-    return BridgeTowerConfig(text_config=text, vision_config=vision, **{**defaults, **overrides})
+__all__ = ["padded_text_batch", "random_pixels", "tiny_bridgetower_config"]
 
 
-def build_tiny_tokenizer(folder) -> str:
-    """Train a byte-level BPE with RoBERTa's special tokens on a few sentences and save it; returns the folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import RobertaTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=297,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    corpus = ["a cat sits on the mat", "two dogs play in the park", "what color is the cat?", "how many dogs?"]
-    tokenizer.train_from_iterator(corpus, trainer)
-    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    fast = RobertaTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-    )
-    fast.save_pretrained(str(folder))
-    return str(folder)
+def pytest_generate_tests(metafunc):
+    parametrize_model_classes(metafunc)
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> str:
     return build_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
-
-
-def padded_text_batch(config: BridgeTowerConfig, batch_size: int = 3, length: int = 9, seed: int = 0):
-    """input_ids/attention_mask with <s> first and right padding of different lengths in the batch."""
-    generator = torch.Generator().manual_seed(seed)
-    text = config.text_config
-    input_ids = torch.randint(5, text.vocab_size, (batch_size, length), generator=generator)
-    input_ids[:, 0] = text.bos_token_id
-    attention_mask = torch.ones_like(input_ids)
-    for row in range(1, batch_size):
-        keep = max(2, length - 2 * row)
-        attention_mask[row, keep:] = 0
-        input_ids[row, keep:] = text.pad_token_id
-    return input_ids, attention_mask
-
-
-def random_pixels(config: BridgeTowerConfig, batch_size: int = 3, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    size = config.vision_config.image_size
-    return torch.randn(batch_size, config.vision_config.num_channels, size, size, generator=generator)
