@@ -13,7 +13,6 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from towerzoo.conversions.hub_folder import write_hub_folder
