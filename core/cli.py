@@ -1,4 +1,4 @@
-"""The `towerzoo` command line: `towerzoo convert SOURCE INPUT OUTPUT_DIR [...]`."""
+"""The `towerzoo` command line: `towerzoo convert SOURCE INPUT OUTPUT_DIR [...]`, `towerzoo demo`."""
 
 import argparse
 import importlib
@@ -27,6 +27,12 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from towerzoo.demo import main as demo_main
+
+    return demo_main(["--output-dir", str(args.output_dir)] if args.output_dir else [])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="towerzoo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--tokenizer", type=Path, help="tokenizer folder; adds processor files to the output")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     convert.set_defaults(handler=_convert)
+    demo = commands.add_parser("demo", help="convert a small model and load it as a Hub user would (offline)")
+    demo.add_argument("--output-dir", type=Path, help="keep the work here (default: a temporary folder)")
+    demo.set_defaults(handler=_demo)
     return parser
 
 

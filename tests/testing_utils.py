@@ -3,6 +3,9 @@
 import torch
 
 from towerzoo.models.bridgetower import BridgeTowerConfig
+from towerzoo.tiny import build_tiny_tokenizer
+
+__all__ = ["build_tiny_tokenizer", "padded_text_batch", "random_pixels", "tiny_bridgetower_config"]
 
 
 def tiny_bridgetower_config(**overrides) -> BridgeTowerConfig:
@@ -36,36 +39,6 @@ def tiny_bridgetower_config(**overrides) -> BridgeTowerConfig:
         "attention_probs_dropout_prob": 0.0,
     }
     return BridgeTowerConfig(text_config=text, vision_config=vision, **{**defaults, **overrides})
-
-
-def build_tiny_tokenizer(folder) -> str:
-    """Train a byte-level BPE with RoBERTa's special tokens on a few sentences and save it; returns the folder."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import RobertaTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=297,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    corpus = ["a cat sits on the mat", "two dogs play in the park", "what color is the cat?", "how many dogs?"]
-    tokenizer.train_from_iterator(corpus, trainer)
-    tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    fast = RobertaTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-    )
-    fast.save_pretrained(str(folder))
-    return str(folder)
 
 
 def padded_text_batch(config: BridgeTowerConfig, batch_size: int = 3, length: int = 9, seed: int = 0):
