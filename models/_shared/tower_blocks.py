@@ -90,6 +90,12 @@ class ClipVisionLayer(GradientCheckpointingLayer):
         )
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = ClipMLP(config)
+        # OpenAI CLIP's init stds, read by the models' `_init_weights`
+        width, depth = config.hidden_size, config.num_hidden_layers
+        for projection in (self.self_attn.q_proj, self.self_attn.k_proj, self.self_attn.v_proj):
+            projection.init_std = width**-0.5
+        self.self_attn.o_proj.init_std = self.mlp.fc2.init_std = width**-0.5 * (2 * depth) ** -0.5
+        self.mlp.fc1.init_std = (2 * width) ** -0.5
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden_states = hidden_states + self.self_attn(self.layer_norm1(hidden_states), attention_mask)[0]

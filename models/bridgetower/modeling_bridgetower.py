@@ -98,7 +98,8 @@ class BridgeTowerPreTrainedModel(PreTrainedModel):
     ]
 
     def _init_weights(self, module: nn.Module) -> None:
-        """The original init: N(0, 0.02) Linear/Embedding weights, zero biases, unit LayerNorms; CLIP's for the ViT."""
+        """The original init: N(0, 0.02) Linear/Embedding weights, zero biases, unit LayerNorms (BridgeTower's
+        `init_weights`); OpenAI CLIP's scaled normal init inside the ViT (see `ClipVisionLayer`)."""
         std = self.config.initializer_range
         if isinstance(module, ClipVisionEmbeddings):
             width = module.class_embedding.shape[0]
@@ -106,7 +107,8 @@ class BridgeTowerPreTrainedModel(PreTrainedModel):
             init.normal_(module.position_embedding.weight, std=width**-0.5)
             init.normal_(module.patch_embedding.weight, std=std)
         elif isinstance(module, nn.Linear):
-            init.normal_(module.weight, std=std)
+            # CLIP's ViT layers carry their own scaled stds (`init_std`, set in ClipVisionLayer)
+            init.normal_(module.weight, std=getattr(module, "init_std", std))
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
