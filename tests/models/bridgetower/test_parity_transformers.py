@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import transformers
-from testing_utils import padded_text_batch, random_pixels
+from testing_utils import padded_text_batch, random_pixels, tiny_bridgetower_config
 
 import towerzoo.models.bridgetower as bt
 from towerzoo.conversions.bridgetower_keys import to_towerzoo
@@ -29,21 +29,22 @@ HEADS = {
 
 
 def transformers_config(**options) -> transformers.BridgeTowerConfig:
-    vision_options = options.pop("vision", {})
+    """transformers' config for the same tiny sizes as `tiny_bridgetower_config`."""
+    tiny = tiny_bridgetower_config()
+    text_keys = (
+        "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size max_position_embeddings"
+    )
+    text = {key: getattr(tiny.text_config, key) for key in text_keys.split()}
+    vision = {
+        key: getattr(tiny.vision_config, key) for key in "hidden_size num_hidden_layers image_size patch_size".split()
+    }
     return transformers.BridgeTowerConfig(
-        text_config={
-            "vocab_size": 297,
-            "hidden_size": 64,
-            "num_hidden_layers": 3,
-            "num_attention_heads": 4,
-            "intermediate_size": 96,
-            "max_position_embeddings": 40,
-        },
-        vision_config={"hidden_size": 64, "num_hidden_layers": 3, "image_size": 32, "patch_size": 8, **vision_options},
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        contrastive_hidden_size=16,
+        text_config=text,
+        vision_config={**vision, **options.pop("vision", {})},
+        hidden_size=tiny.hidden_size,
+        num_hidden_layers=tiny.num_hidden_layers,
+        num_attention_heads=tiny.num_attention_heads,
+        contrastive_hidden_size=tiny.contrastive_hidden_size,
         logit_scale_init_value=2.6592,
         **options,
     )
