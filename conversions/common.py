@@ -111,6 +111,7 @@ def write_folder_atomically(output_dir: Path, fill, overwrite: bool = False) -> 
     output_dir = Path(output_dir).resolve()
     if output_dir.exists() and not overwrite:
         raise ConversionError(f"{output_dir} already exists; pass --overwrite to replace it.")
+    created = [parent for parent in reversed(output_dir.parents) if not parent.exists()]
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
@@ -125,5 +126,8 @@ def write_folder_atomically(output_dir: Path, fill, overwrite: bool = False) -> 
             os.replace(tmp_dir, output_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        for parent in reversed(created):  # parents this call made, deepest first
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
         raise
     return output_dir

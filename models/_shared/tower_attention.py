@@ -64,6 +64,22 @@ def padding_mask_for(
     )
 
 
+# What to install for each backend that needs a package (and a CUDA GPU).
+_BACKEND_PACKAGES = {
+    "flash_attention_2": "flash-attn>=2.3.3 (`pip install flash-attn --no-build-isolation`, CUDA GPU)",
+    "flash_attention_3": "flash-attn-3 (CUDA GPU of compute capability >= 8)",
+    "flash_attention_4": "flash-attn-4 (CUDA GPU of compute capability >= 9)",
+}
+
+
+def attention_backend_hint(implementation) -> str:
+    """The fix to append to transformers' error when an attention backend cannot be used."""
+    names = implementation.values() if isinstance(implementation, dict) else [implementation]
+    needs = [f"{name} needs {_BACKEND_PACKAGES[name]}" for name in names if name in _BACKEND_PACKAGES]
+    fix = "; ".join(needs) + ". " if needs else ""
+    return fix + "Or choose attn_implementation='sdpa' (the default), 'flex_attention' or 'eager', which need nothing."
+
+
 def _is_flash(implementation: str | None) -> bool:
     return implementation is not None and "flash" in implementation
 

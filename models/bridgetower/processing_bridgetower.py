@@ -1,12 +1,16 @@
 # Copyright 2026 The towerzoo authors. Licensed under the Apache License, Version 2.0.
-"""BridgeTower processor: CLIP image preprocessing + the RoBERTa tokenizer, with checks on what goes in.
+"""BridgeTower processor: the original preprocessing + the RoBERTa tokenizer, with checks on what goes in.
 
-The original preprocessing (`clip_transform`: bicubic resize of the shorter side, centre crop, CLIP mean/std) is
-exactly transformers' `CLIPImageProcessor`, so that is the image processor; this class adds clear errors for
-images it cannot take and for text longer than the model's position table.
+The original opens images with `.convert("RGB")` and applies `clip_transform(size)`: torchvision's bicubic Resize of
+the shorter side to `size`, CenterCrop(size), ToTensor, Normalize(CLIP mean/std). The processor does the RGB
+conversion, resize and crop itself on PIL images (so the crop offsets round as torchvision's do, and alpha is dropped
+rather than composited), then hands the `size`×`size` image to transformers' `CLIPImageProcessor` for rescaling and
+normalisation (its own resize and crop are no-ops at that size). Arrays and tensors go to `CLIPImageProcessor` as they
+are.
 """
 
 import numpy as np
+from PIL import Image
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
@@ -14,30 +18,39 @@ from transformers.feature_extraction_utils import BatchFeature
 _HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
-def _check_image(image, index: int) -> None:
-    if hasattr(image, "mode"):  # PIL image
-        if image.mode in _HIGH_BIT_DEPTH_MODES:
-            raise ValueError(
-                f"image {index} has PIL mode {image.mode!r} (high bit depth), which would be clipped when converted "
-                "to 8-bit RGB; scale it to 8 bits and call image.convert('RGB') first."
-            )
-        return
-    array = np.asarray(image) if not hasattr(image, "shape") else image
-    shape = tuple(array.shape)
-    channels_ok = len(shape) == 3 and (shape[0] in (1, 3) or shape[-1] in (1, 3, 4))
-    if not channels_ok:
-        raise ValueError(
-            f"image {index} has shape {shape}; expected (height, width, 1|3|4) or (1|3, height, width). Pass RGB "
-            "images (e.g. PIL images, or arrays with a channel axis)."
-        )
+def original_geometry(image: Image.Image, size: int) -> Image.Image:
+    """`.convert("RGB")`, shorter side to `size` (bicubic, longer side truncated), centre crop with torchvision's
+    rounded offsets."""
+    image = image.convert("RGB")
+    width, height = image.size
+    if width <= height:
+        new_size = (size, int(size * height / width))
+    else:
+        new_size = (int(size * width / height), size)
+    image = image.resize(new_size, Image.Resampling.BICUBIC)
+    left, top = int(round((new_size[0] - size) / 2.0)), int(round((new_size[1] - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def _check_array(image, index: int):
+    """Arrays/tensors need a channel axis of 1 or 3 (channels first) or 1, 3 or 4 (channels last); a 2-D array is
+    read as a grayscale image."""
+    array = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim == 3 and (array.shape[0] in (1, 3) or array.shape[-1] in (1, 3, 4)):
+        return image
+    raise ValueError(
+        f"image {index} has shape {tuple(array.shape)}; expected (height, width), (height, width, 1|3|4) or "
+        "(1|3, height, width). Pass RGB images (e.g. PIL images, or arrays with a channel axis)."
+    )
 
 
 class BridgeTowerProcessor(ProcessorMixin):
-    r"""Pairs a `CLIPImageProcessor` (images → `pixel_values`) with a RoBERTa tokenizer (text → `input_ids`,
-    `attention_mask`).
+    r"""Pairs the original image preprocessing (through a `CLIPImageProcessor`) with a RoBERTa tokenizer.
 
     Args:
-        image_processor: a `CLIPImageProcessor` set to the model's image size.
+        image_processor: a `CLIPImageProcessor` set to the model's image size (`crop_size`).
         tokenizer: a RoBERTa tokenizer.
         max_text_length (`int`, defaults to 50): texts are truncated to this many tokens (the original's
             `max_text_len`); it must not exceed the model's position table.
@@ -47,29 +60,40 @@ class BridgeTowerProcessor(ProcessorMixin):
         self.max_text_length = max_text_length
         super().__init__(image_processor, tokenizer, **kwargs)
 
+    def _prepare_image(self, image, index: int):
+        if isinstance(image, Image.Image):
+            if image.mode in _HIGH_BIT_DEPTH_MODES:
+                raise ValueError(
+                    f"image {index} has PIL mode {image.mode!r} (high bit depth), which would be clipped when "
+                    "converted to 8-bit RGB; scale it to 8 bits and call image.convert('RGB') first."
+                )
+            return original_geometry(image, self.image_processor.crop_size["height"])
+        return _check_array(image, index)
+
     def __call__(self, images=None, text=None, return_tensors: str = "pt", truncation: bool = True, **kwargs):
-        """Process images and/or text. With `truncation=False`, a text longer than `max_text_length` tokens raises."""
+        """Process images and/or text. `max_length` defaults to `max_text_length`; with `truncation=False`, a text
+        longer than that raises."""
         if images is None and text is None:
             raise ValueError("Pass `images`, `text`, or both.")
         data = {}
         if text is not None:
+            max_length = kwargs.pop("max_length", None) or self.max_text_length
             encoded = self.tokenizer(
                 text,
                 padding=kwargs.pop("padding", "longest"),
                 truncation=truncation,
-                max_length=self.max_text_length,
+                max_length=max_length,
                 return_tensors=return_tensors,
                 **kwargs,
             )
-            if not truncation and encoded["input_ids"].shape[-1] > self.max_text_length:
+            if not truncation and encoded["input_ids"].shape[-1] > max_length:
                 raise ValueError(
-                    f"text of {encoded['input_ids'].shape[-1]} tokens is longer than max_text_length="
-                    f"{self.max_text_length}; pass truncation=True (the default) or shorten the text."
+                    f"text of {encoded['input_ids'].shape[-1]} tokens is longer than max_length={max_length}; "
+                    "pass truncation=True (the default) or shorten the text."
                 )
             data.update(encoded)
         if images is not None:
             batch = images if isinstance(images, (list, tuple)) else [images]
-            for index, image in enumerate(batch):
-                _check_image(image, index)
-            data.update(self.image_processor(list(batch), return_tensors=return_tensors))
+            prepared = [self._prepare_image(image, index) for index, image in enumerate(batch)]
+            data.update(self.image_processor(prepared, return_tensors=return_tensors))
         return BatchFeature(data=data, tensor_type=return_tensors)
