@@ -119,6 +119,7 @@ def save_bridgetower(
     verification: dict,
     overwrite: bool = False,
     max_text_length: int = 50,
+    max_shard_size: str = "5GB",
 ) -> Path:
     processor = build_processor(tokenizer, model.config, max_text_length) if tokenizer else None
     card = (
@@ -135,4 +136,5 @@ def save_bridgetower(
         verification=verification,
         card=card,
         overwrite=overwrite,
+        max_shard_size=max_shard_size,
     )

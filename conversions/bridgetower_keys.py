@@ -10,6 +10,8 @@ import re
 
 import torch
 
+from towerzoo.conversions.common import ConversionError
+
 # Original microsoft/BridgeTower names → transformers' (un-prefixed) names.
 ORIGINAL_TO_TRANSFORMERS: list[tuple[str, str]] = [
     (r"^text_transformer\.", "text_model."),
@@ -136,7 +138,7 @@ def split_fused_qkv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             out[key] = tensor
             continue
         if tensor.shape[0] % 3:
-            raise ValueError(f"{key} has {tensor.shape[0]} rows, not a multiple of 3: not a fused q/k/v tensor.")
+            raise ConversionError(f"{key} has {tensor.shape[0]} rows, not a multiple of 3: not a fused q/k/v tensor.")
         for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
             out[f"{match.group(1)}{name}.{match.group(2)}"] = part.clone()
     return out
@@ -148,7 +150,7 @@ def to_towerzoo(
     """Rename a transformers-layout (un-prefixed) state dict to towerzoo keys.
 
     Returns the new state dict (base-model keys prefixed with `bridgetower.`) and `{dropped key: reason}`.
-    Raises ValueError listing every key that no rule accounts for.
+    Raises ConversionError listing every key that no rule accounts for.
     """
     rules = KEY_RULES + _classifier_rules(task_head_layers)
     renamed, dropped, unknown = {}, {}, []
@@ -166,7 +168,7 @@ def to_towerzoo(
         renamed[new_key] = tensor
     if unknown:
         shown = ", ".join(sorted(unknown)[:10])
-        raise ValueError(
+        raise ConversionError(
             f"{len(unknown)} key(s) are not part of any BridgeTower layout towerzoo knows: {shown}"
             f"{' …' if len(unknown) > 10 else ''}. Is this a BridgeTower checkpoint?"
         )

@@ -155,6 +155,7 @@ def run(
     tokenizer: Path | None = None,
     overwrite: bool = False,
     tolerance: float = 1e-4,
+    max_shard_size: str = "5GB",
 ) -> Path:
     """Convert, verify against transformers' own classes, and write the Hub folder."""
     config, state_dict, dropped, hf_config, source_state_dict = convert(input_path)
@@ -162,4 +163,11 @@ def run(
     diffs = verify_against_transformers(model, hf_config, source_state_dict)
     check_tolerance(diffs, tolerance, reference="transformers' built-in BridgeTower")
     verification = verification_record("bridgetower-transformers", input_path, diffs, dropped, "transformers")
-    return save_bridgetower(model, output_dir, tokenizer=tokenizer, verification=verification, overwrite=overwrite)
+    return save_bridgetower(
+        model,
+        output_dir,
+        tokenizer=tokenizer,
+        verification=verification,
+        overwrite=overwrite,
+        max_shard_size=max_shard_size,
+    )

@@ -5,7 +5,8 @@ import importlib
 import sys
 from pathlib import Path
 
-# conversion source → module in towerzoo.conversions exposing `run(input_path, output_dir, tokenizer, overwrite)`
+# conversion source → module in towerzoo.conversions exposing
+# `run(input_path, output_dir, tokenizer=, overwrite=, max_shard_size=)`
 CONVERTERS = {
     "bridgetower-transformers": "bridgetower_transformers",
     "bridgetower-original": "bridgetower_original",
@@ -18,7 +19,11 @@ def _convert(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"towerzoo.conversions.{CONVERTERS[args.source]}")
     try:
         output = module.run(
-            Path(args.input), Path(args.output_dir), tokenizer=args.tokenizer, overwrite=args.overwrite
+            Path(args.input),
+            Path(args.output_dir),
+            tokenizer=args.tokenizer,
+            overwrite=args.overwrite,
+            max_shard_size=args.max_shard_size,
         )
     except ConversionError as error:
         print(f"towerzoo convert: error: {error}", file=sys.stderr)
@@ -42,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output_dir", help="where to write the Hub folder (written atomically)")
     convert.add_argument("--tokenizer", type=Path, help="tokenizer folder; adds processor files to the output")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    convert.add_argument(
+        "--max-shard-size", default="5GB", help="split model.safetensors into shards of at most this size"
+    )
     convert.set_defaults(handler=_convert)
     demo = commands.add_parser("demo", help="convert a small model and load it as a Hub user would (offline)")
     demo.add_argument("--output-dir", type=Path, help="keep the work here (default: a temporary folder)")

@@ -135,3 +135,20 @@ def test_converter_writes_a_verified_folder(tmp_path, tiny_tokenizer_dir):
     model = bt.BridgeTowerForMaskedLM.from_pretrained(folder).eval()
     compare(reference, model, "BridgeTowerForMaskedLM", backends=("sdpa",))
     assert (folder / "processor_config.json").is_file() and (folder / "tokenizer.json").is_file()
+
+
+def test_cli_shards_large_weights_and_the_shards_load(tmp_path):
+    from towerzoo.cli import main
+
+    torch.manual_seed(0)
+    reference = perturbed(transformers.BridgeTowerModel(transformers_config()))
+    reference.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "out"
+    assert (
+        main(["convert", "bridgetower-transformers", str(tmp_path / "hf"), str(out), "--max-shard-size", "300KB"]) == 0
+    )
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 1 and all((out / shard).is_file() for shard in shards)
+    assert not (out / "model.safetensors").exists()
+    compare(reference, bt.BridgeTowerModel.from_pretrained(out).eval(), "BridgeTowerModel", backends=("sdpa",))
