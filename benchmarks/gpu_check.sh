@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The prepared device check (one `run` call on a lent GPU machine; also runs on CPU, where the GPU tests skip):
+#   pytest -m gpu, then the BridgeTower benchmark with bf16 backends; logs and JSON under $OUT.
+# Wheels the machine lacks go in .whl/ (git-excluded) and are installed to /tmp/site first.
+set -uo pipefail
+PY=${PYTHON:-python3}
+OUT=${OUT:-/tmp/towerzoo-gpu-check}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
+# Make `towerzoo` importable without building: the package_dir mapping of setup.cfg, as symlinks.
+rm -rf /tmp/tz && mkdir -p /tmp/tz/towerzoo
+cp core/*.py /tmp/tz/towerzoo/
+for part in models conversions evaluation hub_cards; do ln -s "$PWD/$part" "/tmp/tz/towerzoo/$part"; done
+export PYTHONPATH=/tmp/tz:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+{ nvidia-smi || true; "$PY" -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.is_available())"; } 2>&1 | tee "$OUT/env.log"
+"$PY" -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest_gpu.log"
+device=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+"$PY" benchmarks/bench_bridgetower.py --device "$device" --runs 10 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
