@@ -10,15 +10,18 @@ are.
 """
 
 import numpy as np
-from PIL import Image
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import is_vision_available
+
+if is_vision_available():  # Pillow: needed for PIL inputs only
+    from PIL import Image
 
 # PIL modes whose conversion to 8-bit RGB would silently clip or rescale values.
 _HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
-def original_geometry(image: Image.Image, size: int) -> Image.Image:
+def original_geometry(image: "Image.Image", size: int) -> "Image.Image":
     """`.convert("RGB")`, shorter side to `size` (bicubic, longer side truncated), centre crop with torchvision's
     rounded offsets."""
     image = image.convert("RGB")
@@ -61,7 +64,7 @@ class BridgeTowerProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
 
     def _prepare_image(self, image, index: int):
-        if isinstance(image, Image.Image):
+        if is_vision_available() and isinstance(image, Image.Image):
             if image.mode in _HIGH_BIT_DEPTH_MODES:
                 raise ValueError(
                     f"image {index} has PIL mode {image.mode!r} (high bit depth), which would be clipped when "
