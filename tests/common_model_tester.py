@@ -218,7 +218,8 @@ class CommonModelTests:
             has_processor = {processor is not None!r}
             processor_class = None
             if has_processor:
-                processor_class = type(transformers.AutoProcessor.from_pretrained(folder, trust_remote_code=True)).__name__
+                processor = transformers.AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+                processor_class = type(processor).__module__ + "." + type(processor).__name__
             inputs = torch.load({str(tmp_path / "inputs.pt")!r})
             with torch.no_grad():
                 outputs = model(**inputs)
@@ -246,8 +247,9 @@ class CommonModelTests:
         info = json.loads(result.stdout.strip().splitlines()[-1])
         assert info["module"].startswith("transformers_modules.")
         assert info["base"] == self.base_class_name
-        if processor is not None:
-            assert info["processor"] == type(processor).__name__
+        if processor is not None:  # the folder's own processor class, not a built-in of the same name
+            assert info["processor"].startswith("transformers_modules."), info["processor"]
+            assert info["processor"].endswith(f".{type(processor).__name__}")
         outputs = _namespace(torch.load(tmp_path / "outputs.pt"))
         self.assert_close(expected, self.output_tensors(model_class, outputs), atol=0.0, what="fresh process: ")
         assert sorted(p.name for p in Path(folder).glob("*.py")) == sorted(self.expected_code_files)
