@@ -583,6 +583,15 @@ def check_hyper_parameters(layout: OriginalLayout, config: dict) -> None:
         unsupported.append(f"vit={config['vit']!r}: only CLIP vision towers are supported")
     if config.get("model_type", "BT") != "BT":
         unsupported.append(f"model_type={config['model_type']!r}: only BridgeTower ('BT') checkpoints are supported")
+    loss_names = config.get("loss_names") if isinstance(config.get("loss_names"), dict) else {}
+    fusion_trained = [name for name in ("itm_itc", "irtr_itm_itc") if loss_names.get(name, 0) > 0]
+    if not layout.vit_layernorm_shared and fusion_trained:
+        unsupported.append(
+            f"vit_layernorm_shared=False with loss_names {fusion_trained}: the original trains and scores ITM for "
+            "these through `infer_fusion`, which normalises each routed ViT layer with its own ln_separate norm, "
+            "while `infer` (VQA, NLVR2, SNLI-VE, ITM/MLM pre-training), transformers' port and towerzoo use the "
+            "shared ln_post"
+        )
     if unsupported:
         raise ConversionError("towerzoo cannot express this checkpoint: " + "; ".join(unsupported) + ".")
 
@@ -704,14 +713,17 @@ def convert_state_dict(
             for key in ("itm_score.fc.weight", "itm_score.fc.bias"):
                 source.pop(key)
                 dropped[key] = (
-                    "the pre-training ITM head, frozen during IRTR fine-tuning (compute_irtr scores with rank_output); "
-                    "replaced by rank_output folded into itm_score"
+                    "the ITM head: row 1 is rank_output (the original makes them one storage), row 0 is replaced by "
+                    "zeros so that logit 1 - logit 0 is compute_irtr's score"
                 )
             extra["itm_score.weight"] = torch.cat([torch.zeros_like(weight), weight], dim=0)
             extra["itm_score.bias"] = torch.cat([torch.zeros_like(bias), bias], dim=0)
             renamed["rank_output.weight"], renamed["rank_output.bias"] = ["itm_score.weight"], ["itm_score.bias"]
         else:
-            reason = "the IRTR rank head (rank_head='drop'): the frozen pre-training ITM head is kept instead"
+            reason = (
+                "the IRTR rank head (rank_head='drop'): the original makes it a view of itm_score row 1 (same "
+                "storage), so the kept itm_score already holds it"
+            )
             dropped["rank_output.weight"] = dropped["rank_output.bias"] = reason
 
     converted: dict[str, torch.Tensor] = {}
@@ -847,6 +859,23 @@ def convert(
     return Conversion(checkpoint, hyper_parameters, layout, config, converted, model, diffs)
 
 
+def assumptions(conversion: "Conversion") -> list[str]:
+    """What the checkpoint does not record and the converter had to assume (the check cannot catch these: the
+    reference forward pass takes the same values)."""
+    config, recorded = conversion.model.config, conversion.hyper_parameters or {}
+    notes = [
+        f"text-tower attention heads = width/64 = {config.text_config.num_attention_heads} (never recorded; "
+        "RoBERTa base and large use 64-wide heads)"
+    ]
+    if "num_heads" not in recorded:
+        notes.append(
+            f"cross-modal attention heads = hidden/64 = {config.num_attention_heads} (no hyper_parameters['config']"
+            "['num_heads']; BridgeTower base and large use 64-wide heads); override with config_overrides="
+            "{'num_heads': N}"
+        )
+    return notes
+
+
 def run(
     input_path: Path,
     output_dir: Path,
@@ -869,6 +898,7 @@ def run(
         SOURCE_FORMAT, input_path, conversion.diffs, conversion.converted.dropped, REFERENCE
     )
     verification["irtr_rank_head"] = rank_head if "rank" in conversion.layout.heads else None
+    verification["assumptions"] = assumptions(conversion)
     max_text_len = int((conversion.hyper_parameters or {}).get("max_text_len", 50))
     return save_bridgetower(
         conversion.model,

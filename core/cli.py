@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -28,7 +29,10 @@ def _convert(args: argparse.Namespace) -> int:
     except ConversionError as error:
         print(f"towerzoo convert: error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {output}")
+    verification = json.loads((output / "verification.json").read_text())
+    for note in verification.get("assumptions", []):
+        print(f"note: assumed {note}")
+    print(f"wrote {output} (max |difference| vs the reference: {verification['max_abs_diff']:.2e})")
     return 0
 
 

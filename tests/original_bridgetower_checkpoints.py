@@ -141,10 +141,10 @@ def original_state_dict(task: str, seed: int = 0) -> OrderedDict:
     state_dict = OrderedDict((k, _random(k, s, generator)) for k, s in shapes.items())
     state_dict["temperature"] = torch.tensor(options.get("temperature", 0.05))
     if task == "irtr_rank":
-        # BTTransformer.__init__: rank_output starts as itm_score.fc row 1; fine-tuning then moves it away
-        state_dict["rank_output.weight"] = (
-            state_dict["itm_score.fc.weight"][1:] + 0.1 * state_dict["rank_output.weight"]
-        )
+        # BTTransformer.__init__ makes rank_output a view of itm_score.fc row 1 (`.data = ...[1:]`): one storage, so
+        # a saved IRTR checkpoint holds the fine-tuned rank_output in both places
+        state_dict["itm_score.fc.weight"][1:] = state_dict["rank_output.weight"]
+        state_dict["itm_score.fc.bias"][1:] = state_dict["rank_output.bias"]
     return state_dict
 
 

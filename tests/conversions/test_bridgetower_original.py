@@ -206,7 +206,7 @@ def test_irtr_rank_output_is_folded_into_itm(checkpoints, converted):
     assert torch.equal(model.itm_score.weight[1], source["rank_output.weight"][0])
     assert torch.equal(model.itm_score.weight[0], torch.zeros(2 * HIDDEN))
     record = json.loads((converted["irtr_rank"] / "verification.json").read_text())
-    assert record["irtr_rank_head"] == "fold" and "frozen" in record["dropped_keys"]["itm_score.fc.weight"]
+    assert record["irtr_rank_head"] == "fold" and "one storage" in record["dropped_keys"]["itm_score.fc.weight"]
 
 
 def test_irtr_rank_output_can_be_dropped(checkpoints, tmp_path):
@@ -214,6 +214,7 @@ def test_irtr_rank_output_can_be_dropped(checkpoints, tmp_path):
     source = converter.read_checkpoint(checkpoints["irtr_rank"]).state_dict
     model = bt.BridgeTowerForImageAndTextRetrieval.from_pretrained(folder)
     assert torch.equal(model.itm_score.weight, source["itm_score.fc.weight"])
+    assert torch.equal(model.itm_score.weight[1], source["rank_output.weight"][0])  # the original's shared storage
     record = json.loads((folder / "verification.json").read_text())
     assert "itm_logits" in record["max_abs_diff_per_output"] and "rank_output.weight" in record["dropped_keys"]
 
@@ -444,3 +445,20 @@ def test_tiny_manifest_scaling_keeps_every_family():
     assert {family(k) for k in shapes} == {family(k) for k in read_manifest()}
     assert shapes["vit_model.visual.positional_embedding"] == (17, HIDDEN)
     assert shapes["vqa_classifier.0.weight"] == (4 * HIDDEN, 2 * HIDDEN)
+
+
+def test_unrecorded_head_counts_are_reported_as_assumptions(checkpoints, converted):
+    with_config = json.loads((converted["vqa"] / "verification.json").read_text())["assumptions"]
+    without = json.loads((converted["no_hparams"] / "verification.json").read_text())["assumptions"]
+    assert len(with_config) == 1 and "text-tower attention heads" in with_config[0]
+    assert any("cross-modal attention heads = hidden/64" in note for note in without)
+
+
+def test_separate_layernorms_with_fusion_trained_itm_are_refused(tmp_path):
+    """With vit_layernorm_shared=False the original scores ITM of itm_itc/irtr_itm_itc runs through `infer_fusion`
+    (ln_separate per routed layer), not `infer` (ln_post) as towerzoo and transformers do: refuse, not mis-convert."""
+    config = {**run_config("separate_ln"), "loss_names": {"mlm": 1, "itm_itc": 1}}
+    path = save_lightning(tmp_path / "itm_itc.ckpt", lightning_checkpoint(original_state_dict("separate_ln"), config))
+    with pytest.raises(ConversionError, match=r"vit_layernorm_shared=False with loss_names \['itm_itc'\]"):
+        converter.run(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
