@@ -80,6 +80,17 @@ def attention_backend_hint(implementation) -> str:
     return fix + "Or choose attn_implementation='sdpa' (the default), 'flex_attention' or 'eager', which need nothing."
 
 
+class AttentionBackendHints:
+    """Mixin for a `PreTrainedModel`: transformers' check of the requested attention backend, with the package to
+    install (or the backend to pick instead) added to its error."""
+
+    def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
+        try:
+            return super()._check_and_adjust_attn_implementation(attn_implementation, *args, **kwargs)
+        except (ImportError, ValueError) as error:
+            raise type(error)(f"{error} {attention_backend_hint(attn_implementation)}") from error
+
+
 def _is_flash(implementation: str | None) -> bool:
     return implementation is not None and "flash" in implementation
 

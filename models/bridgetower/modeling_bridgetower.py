@@ -24,7 +24,7 @@ from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, Seque
 from transformers.utils import ModelOutput
 
 from .configuration_bridgetower import BridgeTowerConfig, BridgeTowerTextConfig, BridgeTowerVisionConfig
-from .tower_attention import attention_backend_hint, padding_mask_for
+from .tower_attention import AttentionBackendHints, padding_mask_for
 from .tower_blocks import (
     BertLayer,
     ClassifierHead,
@@ -79,7 +79,7 @@ class BridgeTowerContrastiveOutput(ModelOutput):
     hidden_states: tuple | None = None
 
 
-class BridgeTowerPreTrainedModel(PreTrainedModel):
+class BridgeTowerPreTrainedModel(AttentionBackendHints, PreTrainedModel):
     config_class = BridgeTowerConfig
     base_model_prefix = "bridgetower"
     main_input_name = "input_ids"
@@ -96,13 +96,6 @@ class BridgeTowerPreTrainedModel(PreTrainedModel):
         "RobertaEmbeddings",
         "ClipVisionEmbeddings",
     ]
-
-    def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
-        """transformers' check, with the package to install (or the backend to pick instead) added to its error."""
-        try:
-            return super()._check_and_adjust_attn_implementation(attn_implementation, *args, **kwargs)
-        except (ImportError, ValueError) as error:
-            raise type(error)(f"{error} {attention_backend_hint(attn_implementation)}") from error
 
     def _init_weights(self, module: nn.Module) -> None:
         """The original init: N(0, 0.02) Linear/Embedding weights, zero biases, unit LayerNorms (BridgeTower's
