@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from transformers.initialization import no_init_weights
 
 from towerzoo.conversions.bridgetower_folder import (
     build_model,
@@ -101,51 +102,57 @@ def convert(path: Path) -> tuple[BridgeTowerConfig, dict[str, torch.Tensor], dic
     return config, new_state_dict, dropped, hf_config, state_dict
 
 
+# head → transformers' class that carries it
+REFERENCE_CLASSES = {
+    "mlm": "BridgeTowerForMaskedLM",
+    "itm": "BridgeTowerForImageAndTextRetrieval",
+    "itc": "BridgeTowerForContrastiveLearning",
+}
+
+
 def reference_model(hf_config: dict, state_dict: dict[str, torch.Tensor], class_name: str) -> torch.nn.Module:
-    """transformers' own class with the source weights: the conversion's reference."""
+    """transformers' own class with the source weights: the conversion's reference (built without random init, then
+    filled completely from the checkpoint)."""
     config = transformers.BridgeTowerConfig(**{k: v for k, v in hf_config.items() if k not in ("architectures",)})
     config.contrastive_hidden_size = hf_config.get("contrastive_hidden_size", 512)
     config.logit_scale_init_value = hf_config.get("logit_scale_init_value", 2.6592)
-    model = getattr(transformers, class_name)(config)
-    prefixed = {
-        (
-            k
-            if k.startswith(("mlm_score", "itm_score", "itc_", "logit_scale")) or class_name == "BridgeTowerModel"
-            else f"bridgetower.{k}"
-        ): v
-        for k, v in state_dict.items()
-    }
-    model.load_state_dict(prefixed, strict=False)
+    with no_init_weights():
+        model = getattr(transformers, class_name)(config)
+    bare = class_name == "BridgeTowerModel"
+    heads = ("mlm_score", "itm_score", "itc_", "logit_scale")
+    prefixed = {(k if bare or k.startswith(heads) else f"bridgetower.{k}"): v for k, v in state_dict.items()}
+    missing = [k for k in model.load_state_dict(prefixed, strict=False).missing_keys if k in model.state_dict()]
+    if missing:
+        raise ConversionError(
+            f"the checkpoint lacks {len(missing)} tensor(s) transformers' {class_name} needs: {', '.join(missing[:5])}."
+        )
     return model.eval()
 
 
 @torch.no_grad()
 def verify_against_transformers(model, hf_config: dict, source_state_dict: dict[str, torch.Tensor]) -> dict:
     """Run transformers' classes on the source weights and towerzoo's model on the converted ones; return the largest
-    absolute difference per compared output."""
+    absolute difference per compared output (one transformers model per head; the base outputs from the first)."""
     inputs = random_inputs(model.config)
     ours = model.eval()
-    base = ours if isinstance(ours, BridgeTowerModel) else ours.bridgetower
-    reference = reference_model(hf_config, source_state_dict, "BridgeTowerModel")
-    expected, got = reference(**inputs), base(**inputs)
-    diffs = {
-        name: float((getattr(expected, name) - getattr(got, name)).abs().max())
-        for name in ("text_features", "image_features", "pooler_output")
-    }
-    heads = heads_in(model.state_dict())
-    if "mlm" in heads:
-        expected = reference_model(hf_config, source_state_dict, "BridgeTowerForMaskedLM")(**inputs).logits
-        diffs["mlm_logits"] = float((expected - ours.mlm_score(got.text_features)).abs().max())
-    if "itm" in heads:
-        expected = reference_model(hf_config, source_state_dict, "BridgeTowerForImageAndTextRetrieval")(
-            **inputs
-        ).logits
-        diffs["itm_logits"] = float((expected - ours.itm_score(got.pooler_output)).abs().max())
-    if "itc" in heads:
-        expected = reference_model(hf_config, source_state_dict, "BridgeTowerForContrastiveLearning")(**inputs)
-        contrastive = ours._contrastive(got, return_loss=False)
-        for name in ("text_embeds", "image_embeds", "cross_embeds"):
-            diffs[f"itc_{name}"] = float((getattr(expected, name) - getattr(contrastive, name)).abs().max())
+    got = (ours if isinstance(ours, BridgeTowerModel) else ours.bridgetower)(**inputs)
+    heads = [head for head in heads_in(model.state_dict()) if head in REFERENCE_CLASSES]
+    diffs = {}
+    for head in heads or [None]:
+        reference = reference_model(hf_config, source_state_dict, REFERENCE_CLASSES.get(head, "BridgeTowerModel"))
+        if not diffs:
+            base = reference if head is None else reference.bridgetower
+            expected = base(**inputs)
+            for name in ("text_features", "image_features", "pooler_output"):
+                diffs[name] = float((getattr(expected, name) - getattr(got, name)).abs().max())
+        if head == "mlm":
+            diffs["mlm_logits"] = float((reference(**inputs).logits - ours.mlm_score(got.text_features)).abs().max())
+        elif head == "itm":
+            diffs["itm_logits"] = float((reference(**inputs).logits - ours.itm_score(got.pooler_output)).abs().max())
+        elif head == "itc":
+            expected, contrastive = reference(**inputs), ours._contrastive(got, return_loss=False)
+            for name in ("text_embeds", "image_embeds", "cross_embeds"):
+                diffs[f"itc_{name}"] = float((getattr(expected, name) - getattr(contrastive, name)).abs().max())
     return diffs
 
 
