@@ -8,7 +8,7 @@ from transformers import AutoTokenizer, CLIPImageProcessor
 
 import towerzoo
 import towerzoo.models.bridgetower as bridgetower
-from towerzoo.conversions.common import ConversionError, load_strict
+from towerzoo.conversions.common import ConversionError, load_strict, read_labels
 from towerzoo.conversions.hub_folder import write_hub_folder
 from towerzoo.models.bridgetower import BridgeTowerConfig
 from towerzoo.models.bridgetower.processing_bridgetower import BridgeTowerProcessor
@@ -120,7 +120,16 @@ def save_bridgetower(
     overwrite: bool = False,
     max_text_length: int = 50,
     max_shard_size: str = "5GB",
+    labels: Path | None = None,
 ) -> Path:
+    """Write the Hub folder (with processor files given a tokenizer folder, and classifier labels from a JSON file)."""
+    if labels is not None:
+        if not set(heads_in(model.state_dict())) & {"vqa", "snli", "nlvr2"}:
+            raise ConversionError(
+                "--labels names a classifier's outputs, but this checkpoint has no VQA/SNLI-VE/NLVR2 head."
+            )
+        model.config.id2label = read_labels(labels, model.config.num_labels)
+        model.config.label2id = {label: index for index, label in model.config.id2label.items()}
     processor = build_processor(tokenizer, model.config, max_text_length) if tokenizer else None
     card = (
         f"---\nlibrary_name: transformers\ntags:\n- towerzoo\n- bridgetower\n---\n\n# {Path(output_dir).name}\n\n"

@@ -885,6 +885,7 @@ def run(
     config_overrides: dict | None = None,
     rank_head: str = "fold",
     max_shard_size: str = "5GB",
+    labels: Path | None = None,
 ) -> Path:
     """Convert an original BridgeTower Lightning checkpoint, verify it against the original forward pass, and write
     the Hub folder. `config_overrides` replaces entries of `hyper_parameters["config"]` (or supplies them when the
@@ -908,4 +909,5 @@ def run(
         overwrite=overwrite,
         max_text_length=max_text_len,
         max_shard_size=max_shard_size,
+        labels=labels,
     )

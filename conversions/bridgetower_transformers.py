@@ -163,6 +163,7 @@ def run(
     overwrite: bool = False,
     tolerance: float = 1e-4,
     max_shard_size: str = "5GB",
+    labels: Path | None = None,
 ) -> Path:
     """Convert, verify against transformers' own classes, and write the Hub folder."""
     config, state_dict, dropped, hf_config, source_state_dict = convert(input_path)
@@ -177,4 +178,5 @@ def run(
         verification=verification,
         overwrite=overwrite,
         max_shard_size=max_shard_size,
+        labels=labels,
     )

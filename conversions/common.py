@@ -22,6 +22,39 @@ def read_json(path: Path) -> dict:
         raise ConversionError(f"{path} is not valid JSON ({error}); the file is corrupt or truncated.") from None
 
 
+def read_labels(path: Path, num_labels: int) -> dict[int, str]:
+    """A classifier's labels from JSON: a list in index order, `{label: index}` (e.g. VQAv2's answer2label) or
+    `{"index": label}` (an id2label). Returns id2label after checking it names each of the `num_labels` outputs once."""
+    data = read_json(path)
+    if isinstance(data, list):
+        id2label = dict(enumerate(data))
+    elif isinstance(data, dict) and all(isinstance(v, int) for v in data.values()):
+        id2label = {index: label for label, index in data.items()}
+        if len(id2label) != len(data):
+            raise ConversionError(f"{path}: two labels share an index.")
+    elif isinstance(data, dict) and all(str(k).isdigit() for k in data):
+        id2label = {int(k): v for k, v in data.items()}
+    else:
+        raise ConversionError(
+            f'{path} must hold a JSON list of labels, a {{label: index}} or an {{"index": label}} mapping.'
+        )
+    labels = list(id2label.values())
+    problems = []
+    if sorted(id2label) != list(range(num_labels)):
+        problems.append(
+            f"it has {len(id2label)} entries with indices {min(id2label, default=None)}.."
+            f"{max(id2label, default=None)}, the classifier {num_labels} outputs (0..{num_labels - 1})"
+        )
+    if any(not isinstance(label, str) or not label.strip() for label in labels):
+        problems.append("some labels are empty or not strings")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})[:5]
+    if duplicates:
+        problems.append(f"duplicate labels {duplicates}")
+    if problems:
+        raise ConversionError(f"{path} does not fit the checkpoint: " + "; ".join(problems) + ".")
+    return dict(sorted(id2label.items()))
+
+
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))

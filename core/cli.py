@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 # conversion source → module in towerzoo.conversions exposing
-# `run(input_path, output_dir, tokenizer=, overwrite=, max_shard_size=)`
+# `run(input_path, output_dir, tokenizer=, overwrite=, max_shard_size=, labels=)`
 CONVERTERS = {
     "bridgetower-transformers": "bridgetower_transformers",
     "bridgetower-original": "bridgetower_original",
@@ -25,6 +25,7 @@ def _convert(args: argparse.Namespace) -> int:
             tokenizer=args.tokenizer,
             overwrite=args.overwrite,
             max_shard_size=args.max_shard_size,
+            labels=args.labels,
         )
     except ConversionError as error:
         print(f"towerzoo convert: error: {error}", file=sys.stderr)
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output_dir", help="where to write the Hub folder (written atomically)")
     convert.add_argument("--tokenizer", type=Path, help="tokenizer folder; adds processor files to the output")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    convert.add_argument(
+        "--labels",
+        type=Path,
+        help="JSON with the classifier's labels (list, {label: index} as VQAv2's answer2label, or id2label)",
+    )
     convert.add_argument(
         "--max-shard-size", default="5GB", help="split model.safetensors into shards of at most this size"
     )
