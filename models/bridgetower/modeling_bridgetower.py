@@ -126,7 +126,7 @@ class BridgeTowerPreTrainedModel(AttentionBackendHints, PreTrainedModel):
                 init.constant_(module.beta, 0.5)
         elif isinstance(module, MaskedLMHead):
             init.zeros_(module.bias)
-        elif isinstance(module, BridgeTowerForContrastiveLearning):
+        elif isinstance(module, _ContrastiveHeads) and hasattr(module, "logit_scale"):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 

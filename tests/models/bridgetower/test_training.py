@@ -103,3 +103,15 @@ def test_init_follows_the_original():
     assert torch.equal(model.text_model.layers[0].mlp.fc1.bias, torch.zeros(96))
     pad = config.text_config.pad_token_id
     assert torch.equal(model.text_model.embeddings.word_embeddings.weight[pad], torch.zeros(64))
+
+
+def test_missing_logit_scale_is_initialised_on_load(tmp_path):
+    """Heads added to a pre-trained body (here ITC in the pre-training class) start at their init values on load."""
+    from safetensors.torch import load_file, save_file
+
+    config = tiny_bridgetower_config(pretraining_heads=["mlm", "itm", "itc"], logit_scale_init_value=1.5)
+    bt.BridgeTowerForPreTraining(config).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["logit_scale"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    assert bt.BridgeTowerForPreTraining.from_pretrained(tmp_path).logit_scale.item() == 1.5
