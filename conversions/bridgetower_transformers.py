@@ -20,7 +20,7 @@ from towerzoo.conversions.bridgetower_folder import (
     save_bridgetower,
     verification_record,
 )
-from towerzoo.conversions.bridgetower_keys import to_towerzoo
+from towerzoo.conversions.bridgetower_keys import HEAD_PREFIXES, to_towerzoo
 from towerzoo.conversions.common import ConversionError, load_state_dict_file, read_json
 from towerzoo.models.bridgetower import BridgeTowerConfig, BridgeTowerModel
 
@@ -119,8 +119,7 @@ def reference_model(hf_config: dict, state_dict: dict[str, torch.Tensor], class_
     with no_init_weights():
         model = getattr(transformers, class_name)(config)
     bare = class_name == "BridgeTowerModel"
-    heads = ("mlm_score", "itm_score", "itc_", "logit_scale")
-    prefixed = {(k if bare or k.startswith(heads) else f"bridgetower.{k}"): v for k, v in state_dict.items()}
+    prefixed = {(k if bare or k.startswith(HEAD_PREFIXES) else f"bridgetower.{k}"): v for k, v in state_dict.items()}
     missing = [k for k in model.load_state_dict(prefixed, strict=False).missing_keys if k in model.state_dict()]
     if missing:
         raise ConversionError(

@@ -3,6 +3,7 @@
 
 import ast
 import json
+import sys
 from pathlib import Path
 
 from transformers import PreTrainedModel, ProcessorMixin
@@ -23,9 +24,7 @@ def auto_map_for(model: PreTrainedModel, exposed: dict[str, str]) -> dict[str, s
 def check_self_contained(folder: Path) -> None:
     """Every `.py` in the folder imports only the standard library, torch, transformers, huggingface_hub,
     safetensors, PIL, numpy or sibling files that are present — what a Hub user is guaranteed to have."""
-    allowed = {"torch", "transformers", "huggingface_hub", "safetensors", "PIL", "numpy", "typing"}
-    import sys
-
+    allowed = {"torch", "transformers", "huggingface_hub", "safetensors", "PIL", "numpy"}
     stdlib = set(sys.stdlib_module_names)
     for path in sorted(folder.glob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))

@@ -1,11 +1,18 @@
 """Builders shared by the tests: tiny configs, a tiny RoBERTa-style tokenizer, random batches (all offline)."""
 
 import torch
+import transformers
 
 from towerzoo.models.bridgetower import BridgeTowerConfig
 from towerzoo.tiny import build_tiny_tokenizer
 
-__all__ = ["build_tiny_tokenizer", "padded_text_batch", "random_pixels", "tiny_bridgetower_config"]
+__all__ = [
+    "build_tiny_tokenizer",
+    "padded_text_batch",
+    "random_pixels",
+    "tiny_bridgetower_config",
+    "transformers_config",
+]
 
 
 def tiny_bridgetower_config(**overrides) -> BridgeTowerConfig:
@@ -39,6 +46,28 @@ def tiny_bridgetower_config(**overrides) -> BridgeTowerConfig:
         "attention_probs_dropout_prob": 0.0,
     }
     return BridgeTowerConfig(text_config=text, vision_config=vision, **{**defaults, **overrides})
+
+
+def transformers_config(**options) -> transformers.BridgeTowerConfig:
+    """transformers' config for the same tiny sizes as `tiny_bridgetower_config`."""
+    tiny = tiny_bridgetower_config()
+    text_keys = (
+        "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size max_position_embeddings"
+    )
+    text = {key: getattr(tiny.text_config, key) for key in text_keys.split()}
+    vision = {
+        key: getattr(tiny.vision_config, key) for key in "hidden_size num_hidden_layers image_size patch_size".split()
+    }
+    return transformers.BridgeTowerConfig(
+        text_config=text,
+        vision_config={**vision, **options.pop("vision", {})},
+        hidden_size=tiny.hidden_size,
+        num_hidden_layers=tiny.num_hidden_layers,
+        num_attention_heads=tiny.num_attention_heads,
+        contrastive_hidden_size=tiny.contrastive_hidden_size,
+        logit_scale_init_value=2.6592,
+        **options,
+    )
 
 
 def padded_text_batch(config: BridgeTowerConfig, batch_size: int = 3, length: int = 9, seed: int = 0):

@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
+from testing_utils import transformers_config
 
 import towerzoo.conversions.bridgetower_transformers as converter
 import towerzoo.conversions.hub_folder as hub_folder
@@ -18,26 +19,6 @@ from towerzoo.cli import main
 from towerzoo.conversions.common import ConversionError
 
 ENTRIES = ["run", "cli"]
-
-
-def transformers_config() -> transformers.BridgeTowerConfig:
-    """Like tests/conftest.py's tiny config; transformers' ViT uses width/64 heads, so width 64 gives one head."""
-    return transformers.BridgeTowerConfig(
-        text_config={
-            "vocab_size": 297,
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 96,
-            "max_position_embeddings": 40,
-        },
-        vision_config={"hidden_size": 64, "num_hidden_layers": 2, "image_size": 32, "patch_size": 8},
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        contrastive_hidden_size=16,
-        logit_scale_init_value=2.6592,
-    )
 
 
 @pytest.fixture(scope="module")

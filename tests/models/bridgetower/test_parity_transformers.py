@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import transformers
-from testing_utils import padded_text_batch, random_pixels, tiny_bridgetower_config
+from testing_utils import padded_text_batch, random_pixels, transformers_config
 
 import towerzoo.models.bridgetower as bt
 from towerzoo.conversions.bridgetower_keys import to_towerzoo
@@ -26,28 +26,6 @@ HEADS = {
     "BridgeTowerForImageAndTextRetrieval": ("logits",),
     "BridgeTowerForContrastiveLearning": ("text_embeds", "image_embeds", "cross_embeds"),
 }
-
-
-def transformers_config(**options) -> transformers.BridgeTowerConfig:
-    """transformers' config for the same tiny sizes as `tiny_bridgetower_config`."""
-    tiny = tiny_bridgetower_config()
-    text_keys = (
-        "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size max_position_embeddings"
-    )
-    text = {key: getattr(tiny.text_config, key) for key in text_keys.split()}
-    vision = {
-        key: getattr(tiny.vision_config, key) for key in "hidden_size num_hidden_layers image_size patch_size".split()
-    }
-    return transformers.BridgeTowerConfig(
-        text_config=text,
-        vision_config={**vision, **options.pop("vision", {})},
-        hidden_size=tiny.hidden_size,
-        num_hidden_layers=tiny.num_hidden_layers,
-        num_attention_heads=tiny.num_attention_heads,
-        contrastive_hidden_size=tiny.contrastive_hidden_size,
-        logit_scale_init_value=2.6592,
-        **options,
-    )
 
 
 def perturbed(model: torch.nn.Module) -> torch.nn.Module:
