@@ -4,6 +4,7 @@ import torch
 import transformers
 
 from towerzoo.models.bridgetower import BridgeTowerConfig
+from towerzoo.models.managertower import ManagerTowerConfig
 from towerzoo.tiny import build_tiny_tokenizer
 
 __all__ = [
@@ -11,13 +12,14 @@ __all__ = [
     "padded_text_batch",
     "random_pixels",
     "tiny_bridgetower_config",
+    "tiny_managertower_config",
     "transformers_config",
 ]
 
 
-def tiny_bridgetower_config(**overrides) -> BridgeTowerConfig:
-    """A BridgeTower small enough for two CPU cores; widths are multiples of 64 so transformers' ViT (width/64 heads)
-    can be built with the same shapes."""
+def tiny_bridgetower_config(config_class=BridgeTowerConfig, **overrides) -> BridgeTowerConfig:
+    """A BridgeTower (or a `config_class` built on it) small enough for two CPU cores; widths are multiples of 64 so
+    transformers' ViT (width/64 heads) can be built with the same shapes."""
     text = {
         "vocab_size": 297,
         "hidden_size": 64,
@@ -45,7 +47,14 @@ def tiny_bridgetower_config(**overrides) -> BridgeTowerConfig:
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
     }
-    return BridgeTowerConfig(text_config=text, vision_config=vision, **{**defaults, **overrides})
+    return config_class(text_config=text, vision_config=vision, **{**defaults, **overrides})
+
+
+def tiny_managertower_config(**overrides) -> ManagerTowerConfig:
+    """`tiny_bridgetower_config`'s sizes with managers over all 3 text layers and the top 2 ViT blocks (so the layer
+    embeddings' indexing from the top is exercised)."""
+    defaults = {"managed_layers_text": 3, "managed_layers_image": 2}
+    return tiny_bridgetower_config(ManagerTowerConfig, **{**defaults, **overrides})
 
 
 def transformers_config(**options) -> transformers.BridgeTowerConfig:

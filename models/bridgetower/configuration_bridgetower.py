@@ -237,6 +237,10 @@ class BridgeTowerConfig(PretrainedConfig):
             raise ValueError(f"pretraining_heads may hold 'mlm', 'itm', 'itc'; got {sorted(unknown_heads)}.")
         if self.num_token_types not in (2, 3):
             raise ValueError(f"num_token_types must be 2 or 3 (3 for NLVR2), got {self.num_token_types}.")
+        self.validate_routing()
+
+    def validate_routing(self) -> None:
+        """Each cross-modal layer is fed by one top uni-modal layer of each tower."""
         for name, tower in (("text_config", self.text_config), ("vision_config", self.vision_config)):
             if not 1 <= self.num_hidden_layers <= tower.num_hidden_layers:
                 raise ValueError(

@@ -97,6 +97,10 @@ class BridgeTowerPreTrainedModel(AttentionBackendHints, PreTrainedModel):
         "ClipVisionEmbeddings",
     ]
 
+    def _build_encoder(self, config: BridgeTowerConfig) -> None:
+        """Attach the encoder a task head reads, under `base_model_prefix` (ManagerTower's heads swap in theirs)."""
+        setattr(self, self.base_model_prefix, BridgeTowerModel(config))
+
     def _init_weights(self, module: nn.Module) -> None:
         """The original init: N(0, 0.02) Linear/Embedding weights, zero biases, unit LayerNorms (BridgeTower's
         `init_weights`); OpenAI CLIP's scaled normal init inside the ViT (see `ClipVisionLayer`)."""
@@ -223,20 +227,25 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         )
         self.token_type_embeddings = nn.Embedding(config.num_token_types, hidden)
 
-        eps = config.link_tower_layer_norm_eps
-        self.cross_modal_text_layernorm = nn.LayerNorm(hidden, eps=eps)
-        self.cross_modal_image_layernorm = nn.LayerNorm(hidden, eps=eps)
         self.cross_modal_text_layers = nn.ModuleList([CrossModalLayer(config) for _ in range(layers)])
         self.cross_modal_image_layers = nn.ModuleList([CrossModalLayer(config) for _ in range(layers)])
+        self._init_bridges(config)
+        self.cross_modal_text_pooler = Pooler(hidden)
+        self.cross_modal_image_pooler = Pooler(hidden)
+        self.post_init()
+
+    def _init_bridges(self, config: BridgeTowerConfig) -> None:
+        """What feeds each cross-modal layer: two LayerNorms before layer 0, then one bridge (link tower) per layer."""
+        hidden, eps = config.hidden_size, config.link_tower_layer_norm_eps
+        self.cross_modal_text_layernorm = nn.LayerNorm(hidden, eps=eps)
+        self.cross_modal_image_layernorm = nn.LayerNorm(hidden, eps=eps)
 
         def link() -> LinkTower:
             return LinkTower(hidden, config.link_tower_type, eps)
 
+        layers = config.num_hidden_layers
         self.cross_modal_text_link_tower = _per_layer(link, layers - 1, config.share_link_tower_layers)
         self.cross_modal_image_link_tower = _per_layer(link, layers - 1, config.share_link_tower_layers)
-        self.cross_modal_text_pooler = Pooler(hidden)
-        self.cross_modal_image_pooler = Pooler(hidden)
-        self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.text_model.get_input_embeddings()
@@ -258,6 +267,47 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         return (
             self._at(self.cross_modal_image_transform, depth)(normed) + self.token_type_embeddings.weight[token_type]
         )
+
+    def cross_modal_masks(
+        self, text: torch.Tensor, image: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Text self-attention and image-to-text cross-attention masks (text padding); the image is never padded."""
+        return (
+            padding_mask_for(self.config, text, attention_mask),
+            padding_mask_for(self.config, image, attention_mask, keys=text),
+        )
+
+    def fuse(
+        self,
+        text_states: tuple[torch.Tensor, ...],
+        vision_states: tuple[torch.Tensor, ...],
+        attention_mask: torch.Tensor,
+        image_token_type_idx: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The cross-modal encoder over the towers' layer outputs; returns the last text and image outputs and every
+        layer's `(text, image)` pair."""
+        depth = self.config.num_hidden_layers
+        text_routed, vision_routed = text_states[-depth:], vision_states[-depth:]
+        text = self.cross_modal_text_layernorm(self.text_modality_embedding(text_routed[0], 0))
+        image = self.cross_modal_image_layernorm(
+            self.image_modality_embedding(vision_routed[0], 0, image_token_type_idx)
+        )
+        text_self_mask, image_to_text_mask = self.cross_modal_masks(text, image, attention_mask)
+        text_out = self.cross_modal_text_layers[0](text, image, text_self_mask, None)
+        image_out = self.cross_modal_image_layers[0](image, text, None, image_to_text_mask)
+        cross_states = [(text_out, image_out)]
+        for i in range(1, depth):
+            # bridge: LinkTower(uni-modal layer i, cross-modal output i-1)
+            text = self._at(self.cross_modal_text_link_tower, i - 1)(
+                self.text_modality_embedding(text_routed[i], i), text_out
+            )
+            image = self._at(self.cross_modal_image_link_tower, i - 1)(
+                self.image_modality_embedding(vision_routed[i], i, image_token_type_idx), image_out
+            )
+            text_out = self.cross_modal_text_layers[i](text, image, text_self_mask, None)
+            image_out = self.cross_modal_image_layers[i](image, text, None, image_to_text_mask)
+            cross_states.append((text_out, image_out))
+        return text_out, image_out, cross_states
 
     def forward(
         self,
@@ -292,31 +342,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
 
         text_states = self.text_model(input_ids, attention_mask, token_type_ids).hidden_states
         vision_states = self.vision_model(pixel_values, interpolate_pos_encoding).hidden_states
-        depth = self.config.num_hidden_layers
-        text_routed, vision_routed = text_states[-depth:], vision_states[-depth:]
-
-        text = self.cross_modal_text_layernorm(self.text_modality_embedding(text_routed[0], 0))
-        image = self.cross_modal_image_layernorm(
-            self.image_modality_embedding(vision_routed[0], 0, image_token_type_idx)
-        )
-        text_self_mask = padding_mask_for(self.config, text, attention_mask)
-        image_to_text_mask = padding_mask_for(self.config, image, attention_mask, keys=text)
-
-        text_out = self.cross_modal_text_layers[0](text, image, text_self_mask, None)
-        image_out = self.cross_modal_image_layers[0](image, text, None, image_to_text_mask)
-        cross_states = [(text_out, image_out)]
-        for i in range(1, depth):
-            # bridge: LinkTower(uni-modal layer i, cross-modal output i-1)
-            text = self._at(self.cross_modal_text_link_tower, i - 1)(
-                self.text_modality_embedding(text_routed[i], i), text_out
-            )
-            image = self._at(self.cross_modal_image_link_tower, i - 1)(
-                self.image_modality_embedding(vision_routed[i], i, image_token_type_idx), image_out
-            )
-            text_out = self.cross_modal_text_layers[i](text, image, text_self_mask, None)
-            image_out = self.cross_modal_image_layers[i](image, text, None, image_to_text_mask)
-            cross_states.append((text_out, image_out))
-
+        text_out, image_out, cross_states = self.fuse(text_states, vision_states, attention_mask, image_token_type_idx)
         pooled = torch.cat([self.cross_modal_text_pooler(text_out), self.cross_modal_image_pooler(image_out)], dim=-1)
         output = BridgeTowerModelOutput(
             text_features=text_out,
@@ -336,7 +362,7 @@ class BridgeTowerForMaskedLM(BridgeTowerPreTrainedModel):
 
     def __init__(self, config: BridgeTowerConfig):
         super().__init__(config)
-        self.bridgetower = BridgeTowerModel(config)
+        self._build_encoder(config)
         self.mlm_score = MaskedLMHead(
             config.hidden_size, config.text_config.vocab_size, config.hidden_act, config.layer_norm_eps
         )
@@ -350,7 +376,7 @@ class BridgeTowerForMaskedLM(BridgeTowerPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, **kwargs) -> MaskedLMOutput:
         r"""labels (`(batch, text_len)`): token ids to predict, -100 where not masked."""
-        outputs = self.bridgetower(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
+        outputs = self.base_model(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
         logits = self.mlm_score(outputs.text_features)
         loss = None
         if labels is not None:
@@ -363,13 +389,13 @@ class BridgeTowerForImageAndTextRetrieval(BridgeTowerPreTrainedModel):
 
     def __init__(self, config: BridgeTowerConfig):
         super().__init__(config)
-        self.bridgetower = BridgeTowerModel(config)
+        self._build_encoder(config)
         self.itm_score = nn.Linear(config.hidden_size * 2, 2)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, **kwargs):
         r"""labels (`(batch,)`): 1 for matching pairs, 0 otherwise."""
-        outputs = self.bridgetower(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
+        outputs = self.base_model(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
         logits = self.itm_score(outputs.pooler_output)
         loss = F.cross_entropy(logits, labels.to(logits.device).view(-1)) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
@@ -395,7 +421,7 @@ class _ContrastiveHeads:
         return F.normalize(self.itc_text_head(text_last_hidden_state[:, 0]), dim=-1)
 
     def _image_embeds(self, image_last_hidden_state: torch.Tensor) -> torch.Tensor:
-        model = self.bridgetower
+        model = self.base_model
         if self.config.contrastive_image_features == "uni_modal":
             features = model.vision_model.last_layer_norm()(image_last_hidden_state[:, :1])
         else:
@@ -404,11 +430,11 @@ class _ContrastiveHeads:
 
     def get_text_features(self, input_ids, attention_mask=None) -> torch.Tensor:
         """Uni-modal text embeddings (no cross-modal pass): what retrieval ranks with before ITM re-ranking."""
-        return self._text_embeds(self.bridgetower.text_model(input_ids, attention_mask).last_hidden_state)
+        return self._text_embeds(self.base_model.text_model(input_ids, attention_mask).last_hidden_state)
 
     def get_image_features(self, pixel_values, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """Uni-modal image embeddings (no cross-modal pass)."""
-        vision = self.bridgetower.vision_model(pixel_values, interpolate_pos_encoding)
+        vision = self.base_model.vision_model(pixel_values, interpolate_pos_encoding)
         return self._image_embeds(vision.last_hidden_state)
 
     def _contrastive(self, outputs: BridgeTowerModelOutput, return_loss: bool | None) -> BridgeTowerContrastiveOutput:
@@ -443,14 +469,14 @@ class BridgeTowerForContrastiveLearning(_ContrastiveHeads, BridgeTowerPreTrained
 
     def __init__(self, config: BridgeTowerConfig):
         super().__init__(config)
-        self.bridgetower = BridgeTowerModel(config)
+        self._build_encoder(config)
         self._init_contrastive_heads(config)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, return_loss=None, **kwargs):
         r"""return_loss (`bool`): return the symmetric InfoNCE loss over the batch (pairs on the diagonal); with the
         cross-modal head, the mean of the text-image, text-cross and image-cross losses as transformers computes it."""
-        outputs = self.bridgetower(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
+        outputs = self.base_model(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
         return self._contrastive(outputs, return_loss)
 
 
@@ -478,7 +504,7 @@ class BridgeTowerForPreTraining(_ContrastiveHeads, BridgeTowerPreTrainedModel):
 
     def __init__(self, config: BridgeTowerConfig):
         super().__init__(config)
-        self.bridgetower = BridgeTowerModel(config)
+        self._build_encoder(config)
         heads = config.pretraining_heads
         if "mlm" in heads:
             self.mlm_score = MaskedLMHead(
@@ -504,7 +530,7 @@ class BridgeTowerForPreTraining(_ContrastiveHeads, BridgeTowerPreTrainedModel):
         **kwargs,
     ) -> BridgeTowerForPreTrainingOutput:
         r"""labels: MLM targets (-100 = ignore). itm_labels (`(batch,)`): 1 match / 0 mismatch. return_loss: ITC."""
-        outputs = self.bridgetower(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
+        outputs = self.base_model(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
         heads, losses = self.config.pretraining_heads, []
         mlm_logits = itm_logits = contrastive = None
         if "mlm" in heads:
@@ -538,14 +564,14 @@ class BridgeTowerForVisualQuestionAnswering(BridgeTowerPreTrainedModel):
 
     def __init__(self, config: BridgeTowerConfig):
         super().__init__(config)
-        self.bridgetower = BridgeTowerModel(config)
+        self._build_encoder(config)
         self.vqa_classifier = _classifier(config, config.hidden_size * 2)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, **kwargs):
         r"""labels (`(batch, num_labels)` float): soft VQA scores (min(1, #annotators / 3) per answer). The loss is
         the original's: mean BCE-with-logits times the number of answers."""
-        outputs = self.bridgetower(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
+        outputs = self.base_model(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
         logits = self.vqa_classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
@@ -559,13 +585,13 @@ class BridgeTowerForVisualEntailment(BridgeTowerPreTrainedModel):
 
     def __init__(self, config: BridgeTowerConfig):
         super().__init__(config)
-        self.bridgetower = BridgeTowerModel(config)
+        self._build_encoder(config)
         self.snli_classifier = _classifier(config, config.hidden_size * 2)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, **kwargs):
         r"""labels (`(batch,)`): class indices."""
-        outputs = self.bridgetower(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
+        outputs = self.base_model(input_ids, attention_mask, pixel_values=pixel_values, return_dict=True, **kwargs)
         logits = self.snli_classifier(outputs.pooler_output)
         loss = F.cross_entropy(logits, labels.to(logits.device).view(-1)) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
@@ -579,7 +605,7 @@ class BridgeTowerForNLVR2(BridgeTowerPreTrainedModel):
         super().__init__(config)
         if config.num_token_types != 3:
             raise ValueError("NLVR2 needs config.num_token_types=3 (text 0, first image 1, second image 2).")
-        self.bridgetower = BridgeTowerModel(config)
+        self._build_encoder(config)
         self.nlvr2_classifier = _classifier(config, config.hidden_size * 4)
         self.post_init()
 
@@ -589,7 +615,7 @@ class BridgeTowerForNLVR2(BridgeTowerPreTrainedModel):
             shape = None if pixel_values is None else tuple(pixel_values.shape)
             raise ValueError(f"NLVR2 takes pixel_values of shape (batch, 2, channels, height, width), got {shape}.")
         pooled = [
-            self.bridgetower(
+            self.base_model(
                 input_ids,
                 attention_mask,
                 pixel_values=pixel_values[:, i],

@@ -2,17 +2,13 @@
 
 import pytest
 import torch
-from common_model_tester import CommonModelTests
 from testing_utils import padded_text_batch, random_pixels, tiny_bridgetower_config
+from two_tower_tester import NUM_ANSWERS, TwoTowerHeadTests
 
 import towerzoo.models.bridgetower as bt
-from towerzoo.conversions.bridgetower_folder import build_processor
-
-BATCH = 3
-NUM_ANSWERS = 7
 
 
-class TestBridgeTower(CommonModelTests):
+class TestBridgeTower(TwoTowerHeadTests):
     model_classes = (
         bt.BridgeTowerModel,
         bt.BridgeTowerForPreTraining,
@@ -32,104 +28,7 @@ class TestBridgeTower(CommonModelTests):
         "tower_attention.py",
         "tower_blocks.py",
     )
-
-    def get_config(self):
-        return tiny_bridgetower_config()
-
-    def get_config_for(self, model_class):
-        if model_class is bt.BridgeTowerForNLVR2:
-            return tiny_bridgetower_config(num_token_types=3, num_labels=2)
-        if model_class is bt.BridgeTowerForVisualQuestionAnswering:
-            return tiny_bridgetower_config(id2label={i: f"answer {i}" for i in range(NUM_ANSWERS)})
-        if model_class is bt.BridgeTowerForVisualEntailment:
-            return tiny_bridgetower_config(id2label={0: "entailment", 1: "neutral", 2: "contradiction"})
-        if model_class is bt.BridgeTowerForPreTraining:
-            return tiny_bridgetower_config(pretraining_heads=["mlm", "itm", "itc"])
-        return self.get_config()
-
-    def prepare_inputs(self, model_class, config):
-        input_ids, attention_mask = padded_text_batch(config, BATCH)
-        pixel_values = random_pixels(config, BATCH)
-        if model_class is bt.BridgeTowerForNLVR2:
-            pixel_values = torch.stack([pixel_values, random_pixels(config, BATCH, seed=1)], dim=1)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
-
-    def prepare_labels(self, model_class, config, inputs):
-        generator = torch.Generator().manual_seed(1)
-        input_ids = inputs["input_ids"]
-        mlm_labels = torch.full_like(input_ids, -100)
-        mlm_labels[:, 1:3] = input_ids[:, 1:3]
-        if model_class is bt.BridgeTowerModel:
-            pytest.skip("the bare model has no loss")
-        if model_class is bt.BridgeTowerForMaskedLM:
-            return {"labels": mlm_labels}
-        if model_class is bt.BridgeTowerForPreTraining:
-            return {"labels": mlm_labels, "itm_labels": torch.tensor([1, 0, 1]), "return_loss": True}
-        if model_class is bt.BridgeTowerForContrastiveLearning:
-            return {"return_loss": True}
-        if model_class is bt.BridgeTowerForVisualQuestionAnswering:
-            return {"labels": torch.rand(BATCH, NUM_ANSWERS, generator=generator)}
-        return {"labels": torch.randint(0, config.num_labels, (BATCH,), generator=generator)}
-
-    def output_tensors(self, model_class, outputs):
-        if model_class is bt.BridgeTowerModel:
-            return {
-                "text_features": outputs.text_features,
-                "image_features": outputs.image_features,
-                "pooler_output": outputs.pooler_output,
-            }
-        if model_class is bt.BridgeTowerForPreTraining:
-            return {
-                "mlm_logits": outputs.mlm_logits,
-                "itm_logits": outputs.itm_logits,
-                "text_embeds": outputs.contrastive.text_embeds,
-                "image_embeds": outputs.contrastive.image_embeds,
-            }
-        if model_class is bt.BridgeTowerForContrastiveLearning:
-            return {
-                "text_embeds": outputs.text_embeds,
-                "image_embeds": outputs.image_embeds,
-                "cross_embeds": outputs.cross_embeds,
-                "logits_per_text": outputs.logits_per_text,
-            }
-        return {"logits": outputs.logits}
-
-    def expected_shapes(self, model_class, config, inputs):
-        batch, text_len = inputs["input_ids"].shape
-        image_len = (config.vision_config.image_size // config.vision_config.patch_size) ** 2 + 1
-        hidden, vocab = config.hidden_size, config.text_config.vocab_size
-        if model_class is bt.BridgeTowerModel:
-            return {
-                "text_features": (batch, text_len, hidden),
-                "image_features": (batch, image_len, hidden),
-                "pooler_output": (batch, 2 * hidden),
-            }
-        if model_class is bt.BridgeTowerForPreTraining:
-            embed = (batch, config.contrastive_hidden_size)
-            return {
-                "mlm_logits": (batch, text_len, vocab),
-                "itm_logits": (batch, 2),
-                "text_embeds": embed,
-                "image_embeds": embed,
-            }
-        if model_class is bt.BridgeTowerForMaskedLM:
-            return {"logits": (batch, text_len, vocab)}
-        if model_class is bt.BridgeTowerForContrastiveLearning:
-            embed = (batch, config.contrastive_hidden_size)
-            return {
-                "text_embeds": embed,
-                "image_embeds": embed,
-                "cross_embeds": embed,
-                "logits_per_text": (batch, batch),
-            }
-        if model_class is bt.BridgeTowerForImageAndTextRetrieval:
-            return {"logits": (batch, 2)}
-        return {"logits": (batch, config.num_labels)}
-
-    def build_processor(self, config, tmp_path):
-        from testing_utils import build_tiny_tokenizer
-
-        return build_processor(build_tiny_tokenizer(tmp_path / "tokenizer"), config)
+    tiny_config = staticmethod(tiny_bridgetower_config)
 
 
 def test_padding_does_not_leak():

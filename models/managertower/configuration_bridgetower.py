@@ -1,0 +1,1 @@
+../bridgetower/configuration_bridgetower.py

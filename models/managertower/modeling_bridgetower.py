@@ -1,0 +1,1 @@
+../bridgetower/modeling_bridgetower.py

@@ -1,0 +1,1 @@
+../bridgetower/processing_bridgetower.py
