@@ -14,6 +14,7 @@ layers, poolers, heads). Data flow of `ManagerTowerModel.fuse` (the original `MT
 
 import torch
 from torch import nn
+from transformers.utils import logging
 
 from .configuration_managertower import ManagerTowerConfig
 from .manager import Manager
@@ -29,6 +30,8 @@ from .modeling_bridgetower import (
     BridgeTowerModelOutput,
     BridgeTowerPreTrainedModel,
 )
+
+logger = logging.get_logger(__name__)
 
 
 class ManagerTowerPreTrainedModel(BridgeTowerPreTrainedModel):
@@ -108,6 +111,12 @@ class ManagerTowerModel(ManagerTowerPreTrainedModel, BridgeTowerModel):
             text_experts[:, 0], image_experts[:, 0], attention_mask
         )
         text_query_mask = attention_mask if self.config.manager_mask_query_padding else None
+        if text_query_mask is None and "flash" in str(self.config._attn_implementation) and not attention_mask.all():
+            logger.warning_once(
+                "ManagerTower's adaptive image managers attend to padded text positions (as the original does), and "
+                "flash attention leaves those rows at zero where eager/sdpa compute them, so padded batches give "
+                "slightly different results per backend. Set config.manager_mask_query_padding=True to ignore padding."
+            )
         text_out = image_out = None
         cross_states = []
         for i in range(self.config.num_hidden_layers):

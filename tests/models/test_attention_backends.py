@@ -1,6 +1,7 @@
 """Attention backends: flash cross-attention packing (checked on CPU with a pure-PyTorch varlen stand-in registered
 as "flash_attention_2" for the test only), eager/sdpa/flex agreement of the whole model (also with per-sub-config
-backends), the error for a flash backend that is not installed, and bf16 agreement on a GPU."""
+backends), the error for a flash backend that is not installed, and bf16 agreement on a GPU — for every architecture
+built on the shared attention (`ARCHITECTURES`)."""
 
 import importlib.util
 import re
@@ -8,13 +9,23 @@ import re
 import pytest
 import torch
 import transformers
-from testing_utils import padded_text_batch, random_pixels, tiny_bridgetower_config
+from testing_utils import padded_text_batch, random_pixels, tiny_bridgetower_config, tiny_managertower_config
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 import towerzoo.models.bridgetower as bt
+import towerzoo.models.managertower as mt
 from towerzoo.models.bridgetower.tower_attention import TowerAttention, eager_attention_forward, padding_mask_for
 
 ATOL = 1e-5
+# name → (bare model class, tiny config builder)
+ARCHITECTURES = {
+    "bridgetower": (bt.BridgeTowerModel, tiny_bridgetower_config),
+    "managertower": (mt.ManagerTowerModel, tiny_managertower_config),
+}
+# Flash kernels leave padded query rows at zero where eager/sdpa compute (unused) values. The original ManagerTower's
+# adaptive image managers attend to every text position, padded rows included, so on padded batches the flash and
+# eager results agree only with the padding mask on (`manager_mask_query_padding`).
+FLASH_OPTIONS = {"bridgetower": {}, "managertower": {"manager_mask_query_padding": True}}
 OUTPUTS = ("text_features", "image_features", "pooler_output", "text_last_hidden_state", "image_last_hidden_state")
 
 
@@ -200,12 +211,14 @@ def test_flash_without_padding_takes_the_plain_path(fake_flash):
     assert [(c["varlen"], c["mask"]) for c in fake_flash.calls] == [(False, None)]
 
 
-def test_whole_model_with_flash_stand_in_matches_eager(fake_flash):
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_whole_model_with_flash_stand_in_matches_eager(fake_flash, architecture):
     """Every attention call of the model through the flash interface: self-attention with a 2-D mask (transformers'
     unpadding, correct when q_len == kv_len) and image → text cross-attention packed by towerzoo."""
     torch.manual_seed(0)
-    config = tiny_bridgetower_config()
-    model = bt.BridgeTowerModel(config).eval()
+    model_class, tiny_config = ARCHITECTURES[architecture]
+    config = tiny_config(**FLASH_OPTIONS[architecture])
+    model = model_class(config).eval()
     inputs = _batch(config)
     real = inputs["attention_mask"].bool()
     with torch.no_grad():
@@ -228,11 +241,12 @@ def test_whole_model_with_flash_stand_in_matches_eager(fake_flash):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_model_and_reference():
+@pytest.fixture(scope="module", params=list(ARCHITECTURES))
+def tiny_model_and_reference(request):
     torch.manual_seed(0)
-    config = tiny_bridgetower_config()
-    model = bt.BridgeTowerModel(config).eval()
+    model_class, tiny_config = ARCHITECTURES[request.param]
+    config = tiny_config()
+    model = model_class(config).eval()
     with torch.no_grad():  # move every parameter off its init so no LayerNorm/bias is trivially 1 or 0
         for parameter in model.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
@@ -286,7 +300,8 @@ class DispatchRecorder:
 
 
 def _attention_modules(module) -> list[TowerAttention]:
-    return [m for m in module.modules() if isinstance(m, TowerAttention)]
+    # by name: each Hub folder imports its own copy of the shared module, so the classes are distinct objects
+    return [m for m in module.modules() if type(m).__name__ == "TowerAttention"]
 
 
 PER_TOWER = [
@@ -301,15 +316,15 @@ PER_TOWER = [
 def test_per_sub_config_backends(tiny_model_and_reference, monkeypatch, tmp_path, backends, how):
     reference_model, inputs, expected = tiny_model_and_reference
     if how == "from_config":
-        model = bt.BridgeTowerModel._from_config(reference_model.config, attn_implementation=backends)
+        model = type(reference_model)._from_config(reference_model.config, attn_implementation=backends)
         model.load_state_dict(reference_model.state_dict())
     elif how == "set_attn_implementation":
-        model = bt.BridgeTowerModel(reference_model.config)
+        model = type(reference_model)(reference_model.config)
         model.load_state_dict(reference_model.state_dict())
         model.set_attn_implementation(backends)
     else:
         reference_model.save_pretrained(tmp_path)
-        model = bt.BridgeTowerModel.from_pretrained(tmp_path, attn_implementation=backends)
+        model = type(reference_model).from_pretrained(tmp_path, attn_implementation=backends)
     model.eval()
     assert model.text_model.config._attn_implementation == backends["text_config"]
     assert model.vision_model.config._attn_implementation == backends["vision_config"]
@@ -391,10 +406,13 @@ BF16_REL_TOL = 0.06
 HEAD_DIM_64 = {"text_config": {"num_attention_heads": 1}, "num_attention_heads": 1}
 
 
-def _bf16_compare(device: str, backends, reference_backend: str = "eager", **config_overrides) -> dict:
+def _bf16_compare(
+    device: str, backends, reference_backend: str = "eager", architecture: str = "bridgetower", **config_overrides
+) -> dict:
     torch.manual_seed(0)
-    config = tiny_bridgetower_config(**config_overrides)
-    model = bt.BridgeTowerModel(config).eval().to(device)
+    model_class, tiny_config = ARCHITECTURES[architecture]
+    config = tiny_config(**config_overrides)
+    model = model_class(config).eval().to(device)
     inputs = {k: v.to(device) for k, v in _batch(config, batch_size=4, length=10).items()}
     real = inputs["attention_mask"].bool()
     model.set_attn_implementation("eager")
@@ -445,8 +463,9 @@ def test_flash_cross_attention_helper_with_stand_in(fake_flash):
     assert [c["varlen"] for c in fake_flash.calls] == [True]
 
 
-def test_bf16_backends_agree_on_cpu():
-    _assert_bf16(_bf16_compare("cpu", ("sdpa", "flex_attention")))
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_bf16_backends_agree_on_cpu(architecture):
+    _assert_bf16(_bf16_compare("cpu", ("sdpa", "flex_attention"), architecture=architecture))
 
 
 @pytest.mark.gpu
@@ -459,15 +478,26 @@ class TestBf16OnGpu:
         yield
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
-    def test_sdpa_flex_eager_agree_in_bf16(self):
-        _assert_bf16(_bf16_compare("cuda", ("sdpa", "flex_attention")))
+    @pytest.mark.parametrize("architecture", ARCHITECTURES)
+    def test_sdpa_flex_eager_agree_in_bf16(self, architecture):
+        _assert_bf16(_bf16_compare("cuda", ("sdpa", "flex_attention"), architecture=architecture))
 
+    @pytest.mark.parametrize("architecture", ARCHITECTURES)
     @pytest.mark.parametrize("backend", list(FLASH_PACKAGES))
-    def test_flash_agrees_in_bf16(self, backend):
+    def test_flash_agrees_in_bf16(self, backend, architecture):
         available = getattr(transformers.utils, f"is_flash_attn_{backend[-1]}_available", lambda: False)
         if not available():
             pytest.skip(f"{FLASH_PACKAGES[backend][1]} is not installed or this GPU cannot run it")
-        _assert_bf16(_bf16_compare("cuda", (backend,), reference_backend="sdpa", **HEAD_DIM_64))
+        _assert_bf16(
+            _bf16_compare(
+                "cuda",
+                (backend,),
+                reference_backend="sdpa",
+                architecture=architecture,
+                **HEAD_DIM_64,
+                **FLASH_OPTIONS[architecture],
+            )
+        )
 
     @pytest.mark.parametrize("backend", list(FLASH_PACKAGES))
     def test_flash_cross_attention_kernel_matches_eager(self, backend):
