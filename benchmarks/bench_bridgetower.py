@@ -16,75 +16,38 @@ before it (weights and inputs), read from the allocation events that `torch.prof
 
 import argparse
 import copy
-import json
-import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 import torch
 import transformers
+from _bench_utils import (
+    SIZES,
+    add_common_arguments,
+    check_common_arguments,
+    describe_runs,
+    environment,
+    format_mib,
+    interleaved_medians,
+    make_inputs,
+    peak_memory,
+    setup_torch,
+    to_device,
+    write_json,
+)
 
 from towerzoo.conversions.bridgetower_keys import to_towerzoo
 from towerzoo.conversions.bridgetower_transformers import config_from_transformers
 from towerzoo.models.bridgetower import BridgeTowerModel
 
-# transformers.BridgeTowerConfig keyword arguments; "base" is the paper's model (and transformers' defaults).
-SIZES = {
-    "base": {
-        "text_config": {
-            "vocab_size": 50265,
-            "hidden_size": 768,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "intermediate_size": 3072,
-            "max_position_embeddings": 514,
-        },
-        "vision_config": {"hidden_size": 768, "num_hidden_layers": 12, "image_size": 288, "patch_size": 16},
-        "hidden_size": 768,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 12,
-    },
-    "tiny": {
-        "text_config": {
-            "vocab_size": 297,
-            "hidden_size": 64,
-            "num_hidden_layers": 3,
-            "num_attention_heads": 4,
-            "intermediate_size": 96,
-            "max_position_embeddings": 64,
-        },
-        "vision_config": {"hidden_size": 64, "num_hidden_layers": 3, "image_size": 32, "patch_size": 8},
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-    },
-}
-MIB = 2**20
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per model (the median is reported)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed runs per model first (default 1; 2 on CUDA)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument(
-        "--text-length", type=int, default=40, help="padded text length (row 0 full, each later row 7 tokens shorter)"
-    )
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--size", choices=sorted(SIZES), default="base", help="'tiny' is a smoke test")
+    add_common_arguments(parser)
     parser.add_argument(
         "--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 backend runs (default: on CUDA only)"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda, but torch sees no CUDA device")
+    check_common_arguments(parser, args)
     return args
 
 
@@ -111,115 +74,9 @@ def build_models(size: str, seed: int) -> tuple[torch.nn.Module, torch.nn.Module
     return model.eval(), reference
 
 
-def make_inputs(config, batch_size: int, text_length: int, seed: int) -> dict[str, torch.Tensor]:
-    """<s> + random tokens; row 0 is full, later rows are right-padded by 7 more tokens each (at least 2 kept)."""
-    generator = torch.Generator().manual_seed(seed)
-    text = config.text_config
-    input_ids = torch.randint(5, text.vocab_size, (batch_size, text_length), generator=generator)
-    input_ids[:, 0] = text.bos_token_id
-    attention_mask = torch.ones_like(input_ids)
-    for row in range(batch_size):
-        keep = max(2, text_length - 7 * row)
-        input_ids[row, keep - 1] = text.eos_token_id
-        input_ids[row, keep:] = text.pad_token_id
-        attention_mask[row, keep:] = 0
-    size = config.vision_config.image_size
-    pixel_values = torch.randn(batch_size, 3, size, size, generator=generator)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
-
-
-def to_device(inputs: dict[str, torch.Tensor], device: str, dtype: torch.dtype | None = None) -> dict:
-    return {
-        k: v.to(device, dtype) if (dtype is not None and v.is_floating_point()) else v.to(device)
-        for k, v in inputs.items()
-    }
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Measuring
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def synchronizer(device: str) -> Callable[[], None]:
-    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-
-def timed(fn: Callable, sync: Callable) -> float:
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
-
-
-CPU_MEMORY_METHOD = (
-    "peak bytes held by torch's CPU allocator during one forward, above what was allocated before it "
-    "(torch.profiler profile_memory allocation events, running allocator total)"
-)
-CUDA_MEMORY_METHOD = (
-    "torch.cuda.max_memory_allocated during one forward (abs), and the same minus memory_allocated before it (delta)"
-)
-
-
-def _allocation_events(profiler) -> list:
-    from torch._C._profiler import _EventType
-
-    stack, found = list(profiler.profiler.kineto_results.experimental_event_tree()), []
-    while stack:
-        event = stack.pop()
-        if event.tag == _EventType.Allocation:
-            found.append(event)
-        stack.extend(event.children)
-    return found
-
-
-def cpu_peak_bytes(fn: Callable) -> int | None:
-    """Peak of the CPU allocator's running total during `fn`, relative to its start (None if torch hides it)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
-        fn()
-    try:
-        events = [e for e in _allocation_events(profiler) if e.extra_fields.device.type == "cpu"]
-    except (AttributeError, ImportError, RuntimeError):  # private profiler API moved
-        return None
-    events.sort(key=lambda e: e.start_time_ns)
-    return max((e.extra_fields.total_allocated for e in events), default=0)
-
-
-def cuda_peak_bytes(fn: Callable, device: str) -> tuple[int, int]:
-    """(torch.cuda.max_memory_allocated during `fn`, the same minus what was allocated before `fn`)."""
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device)
-    return peak, peak - before
-
-
-def peak_memory(fn: Callable, device: str) -> dict:
-    if device.startswith("cuda"):
-        peak, delta = cuda_peak_bytes(fn, device)
-        return {"peak_mib": peak / MIB, "delta_mib": delta / MIB}
-    peak = cpu_peak_bytes(fn)
-    return {"peak_mib": None if peak is None else peak / MIB}
-
-
-def interleaved_medians(fns: dict[str, Callable], runs: int, warmup: int, sync: Callable) -> dict[str, dict]:
-    """Warm every fn up, then time them round-robin (order reversed every other round); median and min per fn."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    order = list(fns)
-    for run in range(runs):
-        for name in order if run % 2 == 0 else reversed(order):
-            times[name].append(timed(fns[name], sync))
-    return {
-        name: {"median_s": statistics.median(t), "min_s": min(t), "times_s": t, "runs": len(t)}
-        for name, t in times.items()
-    }
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -307,21 +164,6 @@ def bf16_runs(towerzoo_model, inputs, args, sync) -> dict:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _mib(value) -> str:
-    return "n/a" if value is None else f"{value:,.1f}"
-
-
 def print_report(results: dict) -> None:
     setup = results["setup"]
     print(
@@ -329,10 +171,7 @@ def print_report(results: dict) -> None:
         f"image {setup['image_size']}, {setup['text_length']} text tokens (real lengths {setup['text_lengths']}), "
         f"fp32, {setup['device']}, {setup['threads']} threads"
     )
-    print(
-        f"torch {setup['torch']}, transformers {setup['transformers']}, python {setup['python']}; "
-        f"median of {setup['runs']} interleaved runs after {setup['warmup']} warm-up run(s), torch.no_grad, eval mode"
-    )
+    print(describe_runs(setup))
     fp32 = results["fp32"]
     rows = [("towerzoo BridgeTowerModel", fp32["towerzoo"]), ("transformers BridgeTowerModel", fp32["transformers"])]
     has_delta = "delta_mib" in fp32["towerzoo"]
@@ -342,9 +181,9 @@ def print_report(results: dict) -> None:
     for name, row in rows:
         line = (
             f"{name:<31}{row['attn_implementation']:<11}{row['median_s']:>10.3f}{row['min_s']:>9.3f}"
-            f"{_mib(row['peak_mib']):>12}"
+            f"{format_mib(row['peak_mib']):>12}"
         )
-        print(line + (f"{_mib(row['delta_mib']):>12}" if has_delta else ""))
+        print(line + (f"{format_mib(row['delta_mib']):>12}" if has_delta else ""))
     print()
     print(f"time ratio towerzoo/transformers (medians): {fp32['time_ratio_towerzoo_over_transformers']:.3f}")
     for name, diff in fp32["max_abs_diff"].items():
@@ -362,24 +201,16 @@ def print_report(results: dict) -> None:
                 print(f"{backend:<19}  unavailable: {row['error']}")
                 continue
             print(
-                f"{backend:<19}{row['median_s']:>10.4f}{row['samples_per_s']:>11.1f}{_mib(row['peak_mib']):>12}"
-                f"{_mib(row.get('delta_mib')):>12}{row.get('max_abs_diff_vs_bf16_eager', float('nan')):>15.3e}"
+                f"{backend:<19}{row['median_s']:>10.4f}{row['samples_per_s']:>11.1f}{format_mib(row['peak_mib']):>12}"
+                f"{format_mib(row.get('delta_mib')):>12}{row.get('max_abs_diff_vs_bf16_eager', float('nan')):>15.3e}"
                 f"{row['max_abs_diff_vs_fp32_eager']:>15.3e}"
             )
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    sync = setup_torch(args)
     cuda = args.device.startswith("cuda")
-    if cuda:
-        # fp32 means fp32: no TF32 in matmuls or convolutions (cudnn allows it by default)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    if args.warmup is None:
-        args.warmup = 2 if cuda else 1
-    sync = synchronizer(args.device)
 
     towerzoo_model, reference = build_models(args.size, args.seed)
     towerzoo_model.to(args.device)
@@ -395,14 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
             "image_size": towerzoo_model.config.vision_config.image_size,
             "text_length": args.text_length,
             "text_lengths": cpu_inputs["attention_mask"].sum(-1).tolist(),
-            "device": torch.cuda.get_device_name(args.device) if cuda else f"cpu ({cpu_name()})",
-            "threads": torch.get_num_threads(),
-            "runs": args.runs,
-            "warmup": args.warmup,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-            "memory_method": CUDA_MEMORY_METHOD if cuda else CPU_MEMORY_METHOD,
+            **environment(args),
         },
         "fp32": fp32_side_by_side(towerzoo_model, reference, inputs, args, sync),
     }
@@ -410,10 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
         del reference
         results["bf16"] = bf16_runs(towerzoo_model, inputs, args, sync)
     print_report(results)
-    if args.json_out:
-        with open(args.json_out, "w") as handle:
-            json.dump(results, handle, indent=2)
-        print(f"\nwrote {args.json_out}")
+    write_json(results, args.json_out)
     return results
 
 

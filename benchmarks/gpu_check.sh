@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The prepared device check (one `run` call on a lent GPU machine; also runs on CPU, where the GPU tests skip):
-#   pytest -m gpu, then the BridgeTower benchmark with bf16 backends; logs and JSON under $OUT.
+#   pytest -m gpu, the BridgeTower benchmark with bf16 backends, then ManagerTower vs BridgeTower cost (bf16 on CUDA,
+#   fp32 on CPU); logs and JSON under $OUT.
 # Wheels the machine lacks go in .whl/ (git-excluded) and are installed to /tmp/site first.
 set -uo pipefail
 PY=${PYTHON:-python3}
@@ -18,3 +19,5 @@ export PYTHONPATH=/tmp/tz:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=
 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest_gpu.log"
 device=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 "$PY" benchmarks/bench_bridgetower.py --device "$device" --runs 10 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+dtype=$([ "$device" = cuda ] && echo bf16 || echo fp32)
+"$PY" benchmarks/bench_managertower.py --device "$device" --dtype "$dtype" --runs 10 --json "$OUT/bench_managertower.json" 2>&1 | tee "$OUT/bench_managertower.log"

@@ -1,28 +1,39 @@
-"""What both BridgeTower converters share: picking the head class, strict loading, the check, the Hub folder."""
+"""What the BridgeTower-family converters share: picking the head class, strict loading, the check, the Hub folder.
+
+ManagerTower has BridgeTower's heads and class names (`ManagerTowerForMaskedLM`, …): everything here works from the
+config's class, which names the model package (`towerzoo.models.<arch>`) and the architecture prefix.
+"""
 
 import datetime
+import importlib
+import types
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, CLIPImageProcessor
+from transformers import AutoTokenizer, CLIPImageProcessor, ProcessorMixin
 
 import towerzoo
-import towerzoo.models.bridgetower as bridgetower
 from towerzoo.conversions.common import ConversionError, load_strict, read_labels
 from towerzoo.conversions.hub_folder import write_hub_folder
 from towerzoo.models.bridgetower import BridgeTowerConfig
-from towerzoo.models.bridgetower.processing_bridgetower import BridgeTowerProcessor
 
-# head → (parameter prefix, single-head class)
+# head → (parameter prefix, single-head class without the architecture prefix)
 HEADS = {
-    "mlm": ("mlm_score.", "BridgeTowerForMaskedLM"),
-    "itm": ("itm_score.", "BridgeTowerForImageAndTextRetrieval"),
-    "itc": ("itc_", "BridgeTowerForContrastiveLearning"),
-    "vqa": ("vqa_classifier.", "BridgeTowerForVisualQuestionAnswering"),
-    "snli": ("snli_classifier.", "BridgeTowerForVisualEntailment"),
-    "nlvr2": ("nlvr2_classifier.", "BridgeTowerForNLVR2"),
+    "mlm": ("mlm_score.", "ForMaskedLM"),
+    "itm": ("itm_score.", "ForImageAndTextRetrieval"),
+    "itc": ("itc_", "ForContrastiveLearning"),
+    "vqa": ("vqa_classifier.", "ForVisualQuestionAnswering"),
+    "snli": ("snli_classifier.", "ForVisualEntailment"),
+    "nlvr2": ("nlvr2_classifier.", "ForNLVR2"),
 }
 PRETRAINING_HEADS = ("mlm", "itm", "itc")
+
+
+def model_package(config: BridgeTowerConfig) -> tuple[types.ModuleType, str]:
+    """The towerzoo package a config belongs to and its architecture prefix (`BridgeTowerConfig` →
+    `towerzoo.models.bridgetower`, "BridgeTower")."""
+    package = importlib.import_module(type(config).__module__.rpartition(".")[0])
+    return package, type(config).__name__.removesuffix("Config")
 
 
 def heads_in(state_dict: dict[str, torch.Tensor]) -> list[str]:
@@ -30,14 +41,14 @@ def heads_in(state_dict: dict[str, torch.Tensor]) -> list[str]:
     return [head for head, (prefix, _) in HEADS.items() if any(k.startswith(prefix) for k in state_dict)]
 
 
-def model_class_for(heads: list[str]) -> str:
-    """One head → its class; several pre-training heads → `BridgeTowerForPreTraining`; none → the bare model."""
+def model_class_for(heads: list[str], architecture: str = "BridgeTower") -> str:
+    """One head → its class; several pre-training heads → `…ForPreTraining`; none → the bare model."""
     if not heads:
-        return "BridgeTowerModel"
+        return f"{architecture}Model"
     if len(heads) == 1:
-        return HEADS[heads[0]][1]
+        return architecture + HEADS[heads[0]][1]
     if set(heads) <= set(PRETRAINING_HEADS):
-        return "BridgeTowerForPreTraining"
+        return f"{architecture}ForPreTraining"
     raise ConversionError(
         f"the checkpoint holds the heads {heads}; towerzoo combines only pre-training heads {PRETRAINING_HEADS} "
         "in one model. Convert a checkpoint fine-tuned for one task."
@@ -45,14 +56,16 @@ def model_class_for(heads: list[str]) -> str:
 
 
 def build_model(config: BridgeTowerConfig, state_dict: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
-    """Instantiate the class matching the checkpoint's heads and load it strictly, in eval mode."""
+    """Instantiate the class matching the checkpoint's heads (in the config's model package) and load it strictly, in
+    eval mode."""
     heads = heads_in(state_dict)
-    class_name = model_class_for(heads)
-    if class_name == "BridgeTowerForPreTraining":
+    package, architecture = model_package(config)
+    class_name = model_class_for(heads, architecture)
+    if class_name.endswith("ForPreTraining"):
         config.pretraining_heads = heads
-    model = getattr(bridgetower, class_name)(config)
-    if class_name == "BridgeTowerModel":
-        state_dict = {k.removeprefix("bridgetower."): v for k, v in state_dict.items()}
+    model = getattr(package, class_name)(config)
+    if not heads:  # the bare model: its keys lack the base-model prefix
+        state_dict = {k.removeprefix(f"{model.base_model_prefix}."): v for k, v in state_dict.items()}
     load_strict(model, state_dict, source)
     return model.eval()
 
@@ -95,21 +108,26 @@ def verification_record(source_format: str, input_path, diffs: dict, dropped: di
     }
 
 
-def build_processor(tokenizer_dir: Path, config: BridgeTowerConfig, max_text_length: int = 50) -> BridgeTowerProcessor:
-    """The original preprocessing at the model's image size, with the tokenizer found in `tokenizer_dir`."""
+def build_processor(tokenizer_dir: Path, config: BridgeTowerConfig, max_text_length: int = 50) -> ProcessorMixin:
+    """The original preprocessing at the model's image size, with the tokenizer found in `tokenizer_dir` (the
+    package's `<Arch>Processor`, from its `processing_<arch>.py`)."""
+    package, architecture = model_package(config)
+    processing = importlib.import_module(f"{package.__name__}.processing_{architecture.lower()}")
     size = config.vision_config.image_size
     image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     limit = config.text_config.max_position_embeddings - config.text_config.pad_token_id - 1
-    return BridgeTowerProcessor(image_processor, tokenizer, max_text_length=min(max_text_length, limit))
+    processor_class = getattr(processing, f"{architecture}Processor")
+    return processor_class(image_processor, tokenizer, max_text_length=min(max_text_length, limit))
 
 
 def exposed_classes(model: torch.nn.Module) -> dict[str, str]:
     """The classes a folder saved from `model` can be loaded as, with their Auto classes."""
-    names = ["BridgeTowerModel", type(model).__name__]
-    if type(model).__name__ == "BridgeTowerForPreTraining":
-        names += [HEADS[head][1] for head in model.config.pretraining_heads]
-    return {name: bridgetower.AUTO_CLASSES[name] for name in names}
+    package, architecture = model_package(model.config)
+    names = [f"{architecture}Model", type(model).__name__]
+    if type(model).__name__.endswith("ForPreTraining"):
+        names += [architecture + HEADS[head][1] for head in model.config.pretraining_heads]
+    return {name: package.AUTO_CLASSES[name] for name in names}
 
 
 def save_bridgetower(
@@ -131,9 +149,11 @@ def save_bridgetower(
         model.config.id2label = read_labels(labels, model.config.num_labels)
         model.config.label2id = {label: index for index, label in model.config.id2label.items()}
     processor = build_processor(tokenizer, model.config, max_text_length) if tokenizer else None
+    architecture = model_package(model.config)[1]
     card = (
-        f"---\nlibrary_name: transformers\ntags:\n- towerzoo\n- bridgetower\n---\n\n# {Path(output_dir).name}\n\n"
-        f"BridgeTower converted by towerzoo from `{verification['source_format']}`; outputs match "
+        f"---\nlibrary_name: transformers\ntags:\n- towerzoo\n- {architecture.lower()}\n---\n\n"
+        f"# {Path(output_dir).name}\n\n"
+        f"{architecture} converted by towerzoo from `{verification['source_format']}`; outputs match "
         f"{verification['reference']} to {verification['max_abs_diff']:.2e} (fp32, see verification.json).\n"
         "Load with `AutoModel.from_pretrained(path, trust_remote_code=True)`.\n"
     )

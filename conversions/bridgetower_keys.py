@@ -4,9 +4,13 @@ transformers' port kept the original module names for everything but a few prefi
 sources: `ORIGINAL_TO_TRANSFORMERS` first renames an original Lightning key into transformers' naming (without the
 `bridgetower.` prefix), then `KEY_RULES` renames it into towerzoo's. Fused CLIP `in_proj` tensors are split into
 q/k/v. Every source key is either renamed or dropped by a `DROPPED` rule that states why.
+
+A model built on BridgeTower's towers and cross-modal layers (ManagerTower) reuses the table through a `KeyTable`:
+its own base-model prefix and the rules and drops for its own modules, tried before BridgeTower's.
 """
 
 import re
+from dataclasses import dataclass
 
 import torch
 
@@ -122,8 +126,22 @@ def rename_key(key: str, rules: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def drop_reason(key: str) -> str | None:
-    for pattern, reason in DROPPED:
+@dataclass(frozen=True)
+class KeyTable:
+    """What a model adds to BridgeTower's key map: its name (for messages), its base-model prefix, and renames and
+    drops of its own (on transformers-style names, tried before `KEY_RULES` / `DROPPED`)."""
+
+    model: str = "BridgeTower"
+    base_prefix: str = "bridgetower."
+    rules: tuple[tuple[str, str], ...] = ()
+    dropped: tuple[tuple[str, str], ...] = ()
+
+
+BRIDGETOWER_KEYS = KeyTable()
+
+
+def drop_reason(key: str, table: KeyTable = BRIDGETOWER_KEYS) -> str | None:
+    for pattern, reason in (*table.dropped, *DROPPED):
         if re.search(pattern, key):
             return reason
     return None
@@ -145,17 +163,17 @@ def split_fused_qkv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def to_towerzoo(
-    state_dict: dict[str, torch.Tensor], task_head_layers: int
+    state_dict: dict[str, torch.Tensor], task_head_layers: int, table: KeyTable = BRIDGETOWER_KEYS
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Rename a transformers-layout (un-prefixed) state dict to towerzoo keys.
 
-    Returns the new state dict (base-model keys prefixed with `bridgetower.`) and `{dropped key: reason}`.
-    Raises ConversionError listing every key that no rule accounts for.
+    Returns the new state dict (base-model keys prefixed with `table.base_prefix`, `bridgetower.` by default) and
+    `{dropped key: reason}`. Raises ConversionError listing every key that no rule accounts for.
     """
-    rules = KEY_RULES + _classifier_rules(task_head_layers)
+    rules = [*table.rules, *KEY_RULES, *_classifier_rules(task_head_layers)]
     renamed, dropped, unknown = {}, {}, []
     for key, tensor in state_dict.items():
-        reason = drop_reason(key)
+        reason = drop_reason(key, table)
         if reason is not None:
             dropped[key] = reason
             continue
@@ -164,12 +182,12 @@ def to_towerzoo(
             unknown.append(key)
             continue
         if not new_key.startswith(HEAD_PREFIXES):
-            new_key = f"bridgetower.{new_key}"
+            new_key = f"{table.base_prefix}{new_key}"
         renamed[new_key] = tensor
     if unknown:
         shown = ", ".join(sorted(unknown)[:10])
         raise ConversionError(
-            f"{len(unknown)} key(s) are not part of any BridgeTower layout towerzoo knows: {shown}"
-            f"{' …' if len(unknown) > 10 else ''}. Is this a BridgeTower checkpoint?"
+            f"{len(unknown)} key(s) are not part of any {table.model} layout towerzoo knows: {shown}"
+            f"{' …' if len(unknown) > 10 else ''}. Is this a {table.model} checkpoint?"
         )
     return split_fused_qkv(renamed), dropped

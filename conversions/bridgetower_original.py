@@ -26,6 +26,7 @@ import re
 import types
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,10 +39,16 @@ from towerzoo.conversions.bridgetower_folder import (
     save_bridgetower,
     verification_record,
 )
-from towerzoo.conversions.bridgetower_keys import ORIGINAL_TO_TRANSFORMERS, rename_key, to_towerzoo
+from towerzoo.conversions.bridgetower_keys import (
+    BRIDGETOWER_KEYS,
+    ORIGINAL_TO_TRANSFORMERS,
+    KeyTable,
+    rename_key,
+    to_towerzoo,
+)
 from towerzoo.conversions.bridgetower_original_reference import reference_outputs
 from towerzoo.conversions.common import ConversionError
-from towerzoo.models.bridgetower import BridgeTowerConfig, BridgeTowerModel
+from towerzoo.models.bridgetower import BridgeTowerConfig
 
 SOURCE_FORMAT = "bridgetower-original"
 REFERENCE = "the original BridgeTower forward pass (towerzoo.conversions.bridgetower_original_reference)"
@@ -223,8 +230,9 @@ class OriginalCheckpoint:
     hyper_parameters: dict | None  # hyper_parameters["config"] (the sacred run config), None when absent
 
 
-def read_checkpoint(path: Path) -> OriginalCheckpoint:
-    """Read a Lightning .ckpt safely and check that it holds an original BridgeTower state dict."""
+def read_checkpoint(path: Path, check_keys: Callable[[Path, dict], None] | None = None) -> OriginalCheckpoint:
+    """Read a Lightning .ckpt safely and check that it holds the expected original state dict: `check_keys(path,
+    state_dict)` raises otherwise (default: an original BridgeTower)."""
     path = Path(path)
     loaded = load_checkpoint_safely(path)
     if not isinstance(loaded, dict) or "state_dict" not in loaded:
@@ -245,7 +253,7 @@ def read_checkpoint(path: Path) -> OriginalCheckpoint:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()
     ):
         raise ConversionError(f"{path}: 'state_dict' is not a {{name: tensor}} mapping.")
-    _check_is_bridgetower(path, state_dict)
+    (check_keys or _check_is_bridgetower)(path, state_dict)
     hyper_parameters = loaded.get("hyper_parameters")
     config = hyper_parameters.get("config") if isinstance(hyper_parameters, dict) else None
     if config is not None and not isinstance(config, dict):
@@ -256,12 +264,19 @@ def read_checkpoint(path: Path) -> OriginalCheckpoint:
 
 def _check_is_bridgetower(path: Path, state_dict: dict) -> None:
     keys = list(state_dict)
-    shown = ", ".join(sorted(keys)[:6]) or "none"
     if any("manager" in k for k in keys):
         raise ConversionError(
             f"{path} looks like a ManagerTower checkpoint (it has manager keys such as "
-            f"{next(k for k in keys if 'manager' in k)}); `bridgetower-original` converts BridgeTower checkpoints only."
+            f"{next(k for k in keys if 'manager' in k)}); `bridgetower-original` converts BridgeTower checkpoints only. "
+            "Convert it with `towerzoo convert managertower-original` instead."
         )
+    check_original_towers(path, state_dict, "BridgeTower")
+
+
+def check_original_towers(path: Path, state_dict: dict, model: str) -> None:
+    """Refuse transformers' layout and checkpoints without the RoBERTa text tower and the CLIP ViT."""
+    keys = list(state_dict)
+    shown = ", ".join(sorted(keys)[:6]) or "none"
     if any(k.startswith(("bridgetower.", "text_model.", "vision_model.")) for k in keys):
         raise ConversionError(
             f"{path} uses transformers' BridgeTower key layout (keys: {shown} …); convert it with "
@@ -272,11 +287,11 @@ def _check_is_bridgetower(path: Path, state_dict: dict) -> None:
     if not has_text or not has_vision:
         if has_text and any(k.startswith("vit_model.") for k in keys):
             raise ConversionError(
-                f"{path} has a text tower but no CLIP vision tower (`vit_model.visual.*`): BridgeTower is converted "
+                f"{path} has a text tower but no CLIP vision tower (`vit_model.visual.*`): {model} is converted "
                 "only with its CLIP ViT (timm ViT / Swin variants are not supported)."
             )
         raise ConversionError(
-            f"{path} is not an original BridgeTower checkpoint: it lacks the RoBERTa text tower "
+            f"{path} is not an original {model} checkpoint: it lacks the RoBERTa text tower "
             f"(`text_transformer.encoder.layer.*`) and/or the CLIP vision tower (`vit_model.visual.*`). Keys: {shown} …"
         )
 
@@ -348,14 +363,22 @@ def _count(state_dict: dict, prefix: str) -> int:
 def _shape(state_dict: dict, key: str) -> tuple[int, ...]:
     if key not in state_dict:
         raise ConversionError(
-            f"the checkpoint lacks `{key}`, which every original BridgeTower checkpoint holds; the state dict is "
-            "incomplete."
+            f"the checkpoint lacks `{key}`, which every original BridgeTower and ManagerTower checkpoint holds; the "
+            "state dict is incomplete."
         )
     return tuple(state_dict[key].shape)
 
 
-def infer_layout(state_dict: dict[str, torch.Tensor]) -> OriginalLayout:
-    """Read the architecture from the original state dict's key indices and tensor shapes."""
+def infer_layout(
+    state_dict: dict[str, torch.Tensor],
+    model: str = "BridgeTower",
+    itc_prefix: str = "",
+    model_problems: Callable[[dict, "OriginalLayout"], list[str]] | None = None,
+) -> OriginalLayout:
+    """Read the architecture from the original state dict's key indices and tensor shapes.
+
+    What feeds the cross-modal layers is the model's own: `model_problems(state_dict, layout)` lists what towerzoo
+    cannot express there (default: BridgeTower's bridges). `itc_prefix` names the ITC heads' module prefix."""
     sd = state_dict
     vocab_size, text_width = _shape(sd, "text_transformer.embeddings.word_embeddings.weight")
     text_layers = _count(sd, "text_transformer.encoder.layer")
@@ -405,6 +428,33 @@ def infer_layout(state_dict: dict[str, torch.Tensor]) -> OriginalLayout:
         problems.append(
             f"it has {num_layers} cross-modal text layers but {_count(sd, 'cross_modal_image_layers')} image layers"
         )
+    if transform_in != text_width or image_transform_in != vision_width:
+        problems.append(
+            f"cross_modal_text/image_transform read widths {transform_in}/{image_transform_in}, but the towers are "
+            f"{text_width}/{vision_width} wide"
+        )
+    if layout.num_token_types not in (2, 3):
+        problems.append(f"token_type_embeddings has {layout.num_token_types} rows (expected 2, or 3 for NLVR2)")
+    problems += (model_problems or _bridge_problems)(sd, layout)
+    if problems:
+        raise ConversionError(f"the checkpoint is not a {model} towerzoo can express: " + "; ".join(problems) + ".")
+
+    head_prefixes = {**_HEAD_PREFIXES, "itc": f"{itc_prefix}itc_text_head."}
+    layout.heads = [h for h, prefix in head_prefixes.items() if any(k.startswith(prefix) for k in sd)]
+    if ("itc" in layout.heads) != any(k.startswith(f"{itc_prefix}itc_image_head.") for k in sd):
+        raise ConversionError(
+            f"the checkpoint has only one of {itc_prefix}itc_text_head / {itc_prefix}itc_image_head; it is incomplete."
+        )
+    if "itc" in layout.heads:
+        layout.contrastive_hidden_size = _shape(sd, f"{itc_prefix}itc_text_head.fc.weight")[0]
+    _read_classifier_heads(sd, layout)
+    return layout
+
+
+def _bridge_problems(sd: dict, layout: OriginalLayout) -> list[str]:
+    """What BridgeTower's bridges need: one link tower per cross-modal layer after the first, equally deep towers."""
+    problems = []
+    num_layers, text_layers, vision_layers = layout.num_layers, layout.text_layers, layout.vision_layers
     for side in ("text", "image"):
         links = _count(sd, f"cross_modal_{side}_link_tower")
         if num_layers and links != num_layers - 1:
@@ -421,21 +471,12 @@ def infer_layout(state_dict: dict[str, torch.Tensor]) -> OriginalLayout:
         )
     if num_layers > min(text_layers, vision_layers):
         problems.append(f"its {num_layers} cross-modal layers exceed the {text_layers} uni-modal layers feeding them")
-    if transform_in != text_width or image_transform_in != vision_width:
-        problems.append(
-            f"cross_modal_text/image_transform read widths {transform_in}/{image_transform_in}, but the towers are "
-            f"{text_width}/{vision_width} wide"
-        )
-    if layout.num_token_types not in (2, 3):
-        problems.append(f"token_type_embeddings has {layout.num_token_types} rows (expected 2, or 3 for NLVR2)")
-    if problems:
-        raise ConversionError("the checkpoint is not a BridgeTower towerzoo can express: " + "; ".join(problems) + ".")
+    return problems
 
-    layout.heads = [h for h, prefix in _HEAD_PREFIXES.items() if any(k.startswith(prefix) for k in sd)]
-    if ("itc" in layout.heads) != any(k.startswith("itc_image_head.") for k in sd):
-        raise ConversionError("the checkpoint has only one of itc_text_head / itc_image_head; it is incomplete.")
-    if "itc" in layout.heads:
-        layout.contrastive_hidden_size = _shape(sd, "itc_text_head.fc.weight")[0]
+
+def _read_classifier_heads(sd: dict, layout: OriginalLayout) -> None:
+    """Depth, width and outputs of the task classifier (and the IRTR / NLVR2 consistency checks)."""
+    hidden_size = layout.hidden_size
     if "rank" in layout.heads and "itm" not in layout.heads:
         raise ConversionError("the checkpoint has rank_output (IRTR) but no itm_score; it is incomplete.")
     classifiers = [h for h in ("vqa", "snli", "nlvr2") if h in layout.heads]
@@ -465,7 +506,6 @@ def infer_layout(state_dict: dict[str, torch.Tensor]) -> OriginalLayout:
             f"an NLVR2 checkpoint needs 3 token types (text, image 1, image 2); token_type_embeddings has "
             f"{layout.num_token_types} rows."
         )
-    return layout
 
 
 def _loss_heads(loss_names: dict) -> set[str]:
@@ -485,8 +525,28 @@ def _loss_heads(loss_names: dict) -> set[str]:
     return heads
 
 
+# model_type in the run config → (model, converter)
+_MODEL_TYPES = {"BT": ("BridgeTower", "bridgetower-original"), "MT": ("ManagerTower", "managertower-original")}
+
+
 def check_hyper_parameters(layout: OriginalLayout, config: dict) -> None:
     """Refuse, naming the field, when the run's config contradicts the tensors (or asks for what towerzoo lacks)."""
+    contradictions, unsupported = hyper_parameter_problems(layout, config, "BT")
+    loss_names = config.get("loss_names") if isinstance(config.get("loss_names"), dict) else {}
+    fusion_trained = [name for name in ("itm_itc", "irtr_itm_itc") if loss_names.get(name, 0) > 0]
+    if not layout.vit_layernorm_shared and fusion_trained:
+        unsupported.append(
+            f"vit_layernorm_shared=False with loss_names {fusion_trained}: the original trains and scores ITM for "
+            "these through `infer_fusion`, which normalises each routed ViT layer with its own ln_separate norm, "
+            "while `infer` (VQA, NLVR2, SNLI-VE, ITM/MLM pre-training), transformers' port and towerzoo use the "
+            "shared ln_post"
+        )
+    raise_hyper_parameter_problems(contradictions, unsupported)
+
+
+def hyper_parameter_problems(layout: OriginalLayout, config: dict, model_type: str) -> tuple[list[str], list[str]]:
+    """What the run's config contradicts in the tensors, and what it asks for that towerzoo lacks (the fields
+    BridgeTower and ManagerTower share); `model_type` is the run config's value this converter reads."""
     contradictions = []
 
     def expect(name: str, holds: bool, found: str) -> None:
@@ -566,13 +626,6 @@ def check_hyper_parameters(layout: OriginalLayout, config: dict) -> None:
             contradictions.append(
                 f"loss_names creates the heads {sorted(expected)} but the state dict holds {sorted(layout.heads)}"
             )
-    if contradictions:
-        raise ConversionError(
-            "hyper_parameters['config'] contradicts the checkpoint's tensors: " + "; ".join(contradictions) + ". The "
-            "file mixes two runs or was edited; pass corrected values with config_overrides={...} to `run`, or use "
-            "the checkpoint its training run wrote."
-        )
-
     unsupported = []
     if "tokenizer" in config and "roberta" not in str(config["tokenizer"]):
         unsupported.append(
@@ -581,23 +634,37 @@ def check_hyper_parameters(layout: OriginalLayout, config: dict) -> None:
         )
     if "vit" in config and "CLIP" not in str(config["vit"]):
         unsupported.append(f"vit={config['vit']!r}: only CLIP vision towers are supported")
-    if config.get("model_type", "BT") != "BT":
-        unsupported.append(f"model_type={config['model_type']!r}: only BridgeTower ('BT') checkpoints are supported")
-    loss_names = config.get("loss_names") if isinstance(config.get("loss_names"), dict) else {}
-    fusion_trained = [name for name in ("itm_itc", "irtr_itm_itc") if loss_names.get(name, 0) > 0]
-    if not layout.vit_layernorm_shared and fusion_trained:
+    found = config.get("model_type", model_type)
+    if found != model_type:
+        model, converter = _MODEL_TYPES[model_type]
+        other = f"; convert it with `towerzoo convert {_MODEL_TYPES[found][1]}`" if found in _MODEL_TYPES else ""
         unsupported.append(
-            f"vit_layernorm_shared=False with loss_names {fusion_trained}: the original trains and scores ITM for "
-            "these through `infer_fusion`, which normalises each routed ViT layer with its own ln_separate norm, "
-            "while `infer` (VQA, NLVR2, SNLI-VE, ITM/MLM pre-training), transformers' port and towerzoo use the "
-            "shared ln_post"
+            f"model_type={found!r}: `{converter}` converts {model} ('{model_type}') checkpoints only{other}"
+        )
+    return contradictions, unsupported
+
+
+def raise_hyper_parameter_problems(contradictions: list[str], unsupported: list[str]) -> None:
+    """One ConversionError listing the contradictions (first) or the unsupported settings."""
+    if contradictions:
+        raise ConversionError(
+            "hyper_parameters['config'] contradicts the checkpoint's tensors: " + "; ".join(contradictions) + ". The "
+            "file mixes two runs or was edited; pass corrected values with config_overrides={...} to `run`, or use "
+            "the checkpoint its training run wrote."
         )
     if unsupported:
         raise ConversionError("towerzoo cannot express this checkpoint: " + "; ".join(unsupported) + ".")
 
 
-def towerzoo_config(layout: OriginalLayout, config: dict | None, state_dict: dict) -> BridgeTowerConfig:
-    """towerzoo's config for the original architecture (original eps values, original ITC layout)."""
+def towerzoo_config(
+    layout: OriginalLayout,
+    config: dict | None,
+    state_dict: dict,
+    config_class: type[BridgeTowerConfig] = BridgeTowerConfig,
+    **fields,
+) -> BridgeTowerConfig:
+    """towerzoo's config for the original architecture (original eps values, original ITC layout). ManagerTower
+    passes its config class and its own `fields`."""
     config = config or {}
     num_heads = config.get("num_heads", max(1, layout.hidden_size // 64))
     if layout.hidden_size % num_heads:
@@ -611,7 +678,7 @@ def towerzoo_config(layout: OriginalLayout, config: dict | None, state_dict: dic
             extra["id2label"] = {i: f"LABEL_{i}" for i in range(layout.num_labels)}
     temperature = state_dict.get("temperature")
     logit_scale = 2.6592 if temperature is None else _logit_scale(temperature).item()
-    return BridgeTowerConfig(
+    return config_class(
         text_config={
             "vocab_size": layout.vocab_size,
             "hidden_size": layout.text_width,
@@ -659,6 +726,7 @@ def towerzoo_config(layout: OriginalLayout, config: dict | None, state_dict: dic
         logit_scale_init_value=logit_scale,
         tie_word_embeddings=False,
         **extra,
+        **fields,
     )
 
 
@@ -683,9 +751,13 @@ class ConvertedStateDict:
 
 
 def convert_state_dict(
-    state_dict: dict[str, torch.Tensor], layout: OriginalLayout, rank_head: str = "fold"
+    state_dict: dict[str, torch.Tensor],
+    layout: OriginalLayout,
+    rank_head: str = "fold",
+    table: KeyTable = BRIDGETOWER_KEYS,
 ) -> ConvertedStateDict:
     """Rename every original key into towerzoo's layout or drop it with a reason; ConversionError lists unknown keys.
+    `table` holds the model's own keys on top of BridgeTower's (ManagerTower's managers).
 
     `temperature` becomes `logit_scale` when ITC heads exist. `rank_output` (IRTR, `loss_names["irtr"]`): the original
     initialises it from `itm_score.fc` row 1, freezes itm_score, trains only rank_output and scores retrieval with
@@ -731,7 +803,7 @@ def convert_state_dict(
     for key, tensor in source.items():
         intermediate = rename_key(key, ORIGINAL_TO_TRANSFORMERS) or key
         try:
-            new, why = to_towerzoo({intermediate: tensor}, layout.task_head_layers or 2)
+            new, why = to_towerzoo({intermediate: tensor}, layout.task_head_layers or 2, table)
         except ValueError:
             unknown.append(key)
             continue
@@ -742,11 +814,12 @@ def convert_state_dict(
             converted.update(new)
     if unknown:
         raise ConversionError(
-            f"{len(unknown)} key(s) of the checkpoint belong to no BridgeTower module towerzoo knows: "
-            f"{', '.join(sorted(unknown)[:10])}{' …' if len(unknown) > 10 else ''}. Is this an original BridgeTower "
-            "checkpoint (and not a variant with extra modules)?"
+            f"{len(unknown)} key(s) of the checkpoint belong to no {table.model} module towerzoo knows: "
+            f"{', '.join(sorted(unknown)[:10])}{' …' if len(unknown) > 10 else ''}. Is this an original {table.model} "
+            "checkpoint (and not a variant with extra modules)? Remove those keys from the state dict if they are "
+            "stray additions."
         )
-    converted.update(extra)  # head keys (itm_score.*, logit_scale): no `bridgetower.` prefix
+    converted.update(extra)  # head keys (itm_score.*, logit_scale): no base-model prefix
     return ConvertedStateDict(state_dict=converted, renamed=renamed, dropped=dropped)
 
 
@@ -763,14 +836,18 @@ def _max_diff(expected: torch.Tensor, got: torch.Tensor) -> float:
 
 @torch.no_grad()
 def verify_against_original(
-    model: torch.nn.Module, source_state_dict: dict[str, torch.Tensor], layout: OriginalLayout, folded_rank: bool
+    model: torch.nn.Module,
+    source_state_dict: dict[str, torch.Tensor],
+    layout: OriginalLayout,
+    folded_rank: bool,
+    reference: Callable[..., dict[str, torch.Tensor]] = reference_outputs,
 ) -> dict[str, float]:
-    """Run towerzoo's model and the functional original on the same random padded batch; largest absolute difference
-    per output (NLVR2: a second random image)."""
+    """Run towerzoo's model and the functional original (`reference`, with `reference_outputs`' signature and keys) on
+    the same random padded batch; largest absolute difference per output (NLVR2: a second random image)."""
     config = model.config
     inputs = random_inputs(config)
     second = random_inputs(config, seed=1)["pixel_values"] if "nlvr2" in layout.heads else None
-    expected = reference_outputs(
+    expected = reference(
         source_state_dict,
         inputs["input_ids"],
         inputs["attention_mask"],
@@ -779,30 +856,30 @@ def verify_against_original(
         second_pixel_values=second,
     )
     model.eval()
-    base = model if isinstance(model, BridgeTowerModel) else model.bridgetower
+    base = model.base_model  # the model itself for the bare class
     got = base(**inputs, return_dict=True)
     diffs = {
         "text_features": _max_diff(expected["text_feats"], got.text_features),
         "image_features": _max_diff(expected["image_feats"], got.image_features),
         "pooler_output": _max_diff(expected["cls_feats"], got.pooler_output),
     }
-    name = type(model).__name__
-    if name == "BridgeTowerForPreTraining":
+    task = type(model).__name__.partition("For")[2]  # BridgeTowerForMaskedLM → MaskedLM; "" for the bare model
+    if task == "PreTraining":
         out = model(**inputs)
         mlm, itm, itc = out.mlm_logits, out.itm_logits, out.contrastive
     else:
         mlm = itm = itc = None
-        if name == "BridgeTowerForMaskedLM":
+        if task == "MaskedLM":
             mlm = model(**inputs).logits
-        elif name == "BridgeTowerForImageAndTextRetrieval":
+        elif task == "ImageAndTextRetrieval":
             itm = model(**inputs).logits
-        elif name == "BridgeTowerForContrastiveLearning":
+        elif task == "ContrastiveLearning":
             itc = model(**inputs)
-        elif name == "BridgeTowerForVisualQuestionAnswering":
+        elif task == "VisualQuestionAnswering":
             diffs["vqa_logits"] = _max_diff(expected["vqa_logits"], model(**inputs).logits)
-        elif name == "BridgeTowerForVisualEntailment":
+        elif task == "VisualEntailment":
             diffs["snli_logits"] = _max_diff(expected["snli_logits"], model(**inputs).logits)
-        elif name == "BridgeTowerForNLVR2":
+        elif task == "NLVR2":
             second_pass = base(**{**inputs, "pixel_values": second}, image_token_type_idx=2, return_dict=True)
             diffs["pooler_output_image2"] = _max_diff(expected["cls_feats_image2"], second_pass.pooler_output)
             pair = torch.stack([inputs["pixel_values"], second], dim=1)
@@ -827,6 +904,33 @@ def verify_against_original(
 # ====================================================================================================================
 
 
+@dataclass(frozen=True)
+class OriginalFormat:
+    """One original repository's checkpoints: the steps `convert` chains for them. ManagerTower's converter passes
+    its own; every other step (safe reading, heads, IRTR folding, building, writing) is shared."""
+
+    source_format: str  # the `towerzoo convert` SOURCE name
+    reference: str  # what the verification compares against (messages, verification.json)
+    check_keys: Callable[[Path, dict], None]  # refuse state dicts of other models
+    infer_layout: Callable[[dict], OriginalLayout]
+    check_hyper_parameters: Callable[[OriginalLayout, dict], None]
+    towerzoo_config: Callable[[OriginalLayout, dict | None, dict], BridgeTowerConfig]
+    keys: KeyTable
+    reference_outputs: Callable[..., dict[str, torch.Tensor]]
+
+
+BRIDGETOWER = OriginalFormat(
+    source_format=SOURCE_FORMAT,
+    reference=REFERENCE,
+    check_keys=_check_is_bridgetower,
+    infer_layout=infer_layout,
+    check_hyper_parameters=check_hyper_parameters,
+    towerzoo_config=towerzoo_config,
+    keys=BRIDGETOWER_KEYS,
+    reference_outputs=reference_outputs,
+)
+
+
 @dataclass
 class Conversion:
     """Everything `run` computes before writing (exposed for tests and notebooks)."""
@@ -841,21 +945,27 @@ class Conversion:
 
 
 def convert(
-    input_path: Path, config_overrides: dict | None = None, rank_head: str = "fold", source: str | None = None
+    input_path: Path,
+    config_overrides: dict | None = None,
+    rank_head: str = "fold",
+    source: str | None = None,
+    original: OriginalFormat = BRIDGETOWER,
 ) -> Conversion:
     """Read, check, rename, build and verify (no writing)."""
-    checkpoint = read_checkpoint(Path(input_path))
+    checkpoint = read_checkpoint(Path(input_path), original.check_keys)
     hyper_parameters = checkpoint.hyper_parameters
     if config_overrides:
         hyper_parameters = {**(hyper_parameters or {}), **config_overrides}
-    layout = infer_layout(checkpoint.state_dict)
+    layout = original.infer_layout(checkpoint.state_dict)
     if hyper_parameters is not None:
-        check_hyper_parameters(layout, hyper_parameters)
-    config = towerzoo_config(layout, hyper_parameters, checkpoint.state_dict)
-    converted = convert_state_dict(checkpoint.state_dict, layout, rank_head)
+        original.check_hyper_parameters(layout, hyper_parameters)
+    config = original.towerzoo_config(layout, hyper_parameters, checkpoint.state_dict)
+    converted = convert_state_dict(checkpoint.state_dict, layout, rank_head, original.keys)
     model = build_model(config, converted.state_dict, source=source or str(input_path))
     folded = "rank" in layout.heads and rank_head == "fold"
-    diffs = verify_against_original(model, checkpoint.state_dict, layout, folded_rank=folded)
+    diffs = verify_against_original(
+        model, checkpoint.state_dict, layout, folded_rank=folded, reference=original.reference_outputs
+    )
     return Conversion(checkpoint, hyper_parameters, layout, config, converted, model, diffs)
 
 
@@ -870,8 +980,8 @@ def assumptions(conversion: "Conversion") -> list[str]:
     if "num_heads" not in recorded:
         notes.append(
             f"cross-modal attention heads = hidden/64 = {config.num_attention_heads} (no hyper_parameters['config']"
-            "['num_heads']; BridgeTower base and large use 64-wide heads); override with config_overrides="
-            "{'num_heads': N}"
+            "['num_heads']; BridgeTower and ManagerTower base and large use 64-wide heads); override with "
+            "config_overrides={'num_heads': N}"
         )
     return notes
 
@@ -886,17 +996,19 @@ def run(
     rank_head: str = "fold",
     max_shard_size: str = "5GB",
     labels: Path | None = None,
+    original: OriginalFormat = BRIDGETOWER,
 ) -> Path:
     """Convert an original BridgeTower Lightning checkpoint, verify it against the original forward pass, and write
     the Hub folder. `config_overrides` replaces entries of `hyper_parameters["config"]` (or supplies them when the
-    file has none); `rank_head` decides what happens to an IRTR `rank_output` ("fold" or "drop")."""
+    file has none); `rank_head` decides what happens to an IRTR `rank_output` ("fold" or "drop"); `original` is the
+    checkpoint family (ManagerTower's converter passes its own)."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
         raise ConversionError(f"{output_dir.resolve()} already exists; pass --overwrite to replace it.")
-    conversion = convert(input_path, config_overrides=config_overrides, rank_head=rank_head)
-    check_tolerance(conversion.diffs, tolerance, reference=REFERENCE)
+    conversion = convert(input_path, config_overrides=config_overrides, rank_head=rank_head, original=original)
+    check_tolerance(conversion.diffs, tolerance, reference=original.reference)
     verification = verification_record(
-        SOURCE_FORMAT, input_path, conversion.diffs, conversion.converted.dropped, REFERENCE
+        original.source_format, input_path, conversion.diffs, conversion.converted.dropped, original.reference
     )
     verification["irtr_rank_head"] = rank_head if "rank" in conversion.layout.heads else None
     verification["assumptions"] = assumptions(conversion)

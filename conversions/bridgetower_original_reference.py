@@ -14,6 +14,7 @@ Everything shape-related is read from the state dict; the few numbers the weight
 
 import math
 import re
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -267,10 +268,15 @@ def infer(
         y1 = bert_cross_layer(y1_, x1_, sd, f"cross_modal_image_layers.{link + 1}.", num_heads, image_mask, text_mask)
         link += 1
 
-    # get_cls_feats: heads.Pooler (token 0 → dense → tanh) on each stream, concatenated
-    cls_text = torch.tanh(_linear(x1[:, 0], sd, "cross_modal_text_pooler.dense."))
-    cls_image = torch.tanh(_linear(y1[:, 0], sd, "cross_modal_image_pooler.dense."))
-    return {"text_feats": x1, "image_feats": y1, "cls_feats": torch.cat([cls_text, cls_image], dim=-1)}
+    return fusion_outputs(sd, x1, y1)
+
+
+def fusion_outputs(sd: dict, text_feats: torch.Tensor, image_feats: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The end of `infer`: the last cross-modal outputs and `get_cls_feats` (heads.Pooler, token 0 → dense → tanh, on
+    each stream, concatenated)."""
+    cls_text = torch.tanh(_linear(text_feats[:, 0], sd, "cross_modal_text_pooler.dense."))
+    cls_image = torch.tanh(_linear(image_feats[:, 0], sd, "cross_modal_image_pooler.dense."))
+    return {"text_feats": text_feats, "image_feats": image_feats, "cls_feats": torch.cat([cls_text, cls_image], -1)}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -278,22 +284,35 @@ def infer(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def text_tower_outputs(sd: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+    """Every RoBERTa layer's output (`infer_text` / `get_uni_modal_features` run the whole tower)."""
+    text_width = sd["text_transformer.embeddings.word_embeddings.weight"].shape[1]
+    text_mask = extended_attention_mask(attention_mask)
+    text = roberta_embeddings(input_ids, sd)
+    outputs = []
+    for i in range(layer_count(sd, "text_transformer.encoder.layer")):
+        text = roberta_layer(text, sd, f"text_transformer.encoder.layer.{i}.", text_width // 64, text_mask)
+        outputs.append(text)
+    return outputs
+
+
 def uni_modal_features(
-    sd: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+    sd: dict,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pixel_values: torch.Tensor,
+    itc_prefix: str = "",
 ) -> dict[str, torch.Tensor]:
     """L2-normalised ITC embeddings. Text: itc_text_head on token 0 of the last text-tower layer. Image: itc_image_head
     on token 0 of the last ViT block after ln_post (or its ln_separate) — BEFORE cross_modal_image_transform.
     transformers: its port feeds the image head `cross_modal_image_transform(ln_post(x)) + token_type[1]` instead,
-    always through ln_post, and adds a third head (itc_cross_modal_head) the original does not have."""
-    text_width = sd["text_transformer.embeddings.word_embeddings.weight"].shape[1]
-    text_mask = extended_attention_mask(attention_mask)
-    text = roberta_embeddings(input_ids, sd)
-    for i in range(layer_count(sd, "text_transformer.encoder.layer")):
-        text = roberta_layer(text, sd, f"text_transformer.encoder.layer.{i}.", text_width // 64, text_mask)
+    always through ln_post, and adds a third head (itc_cross_modal_head) the original does not have.
+    `itc_prefix` names the heads' module prefix (ManagerTower calls them `cross_modal_itc_*_head`)."""
+    text = text_tower_outputs(sd, input_ids, attention_mask)[-1]
     image = clip_all_layers(pixel_values, sd)[-1]
     return {
-        "text": F.normalize(_linear(text[:, 0], sd, "itc_text_head.fc."), dim=-1, p=2),
-        "image": F.normalize(_linear(image[:, 0], sd, "itc_image_head.fc."), dim=-1, p=2),
+        "text": F.normalize(_linear(text[:, 0], sd, f"{itc_prefix}itc_text_head.fc."), dim=-1, p=2),
+        "image": F.normalize(_linear(image[:, 0], sd, f"{itc_prefix}itc_image_head.fc."), dim=-1, p=2),
     }
 
 
@@ -330,6 +349,8 @@ def reference_outputs(
     pixel_values: torch.Tensor,
     num_heads: int,
     second_pixel_values: torch.Tensor | None = None,
+    fusion: Callable[..., dict[str, torch.Tensor]] = infer,
+    itc_prefix: str = "",
 ) -> dict[str, torch.Tensor]:
     """Every output the original computes with this state dict's heads, on one batch.
 
@@ -337,9 +358,12 @@ def reference_outputs(
     2, classifier on the concatenated cls_feats). Keys: text_feats, image_feats, cls_feats (first image), and per head
     mlm_logits, itm_logits, irtr_score (rank_output), itc_text_embeds / itc_image_embeds / itc_logits_per_text,
     vqa_logits, snli_logits, nlvr2_logits (+ cls_feats_image2 for NLVR2).
+
+    ManagerTower's heads are the same: it passes its own fusion pass (`fusion`, with `infer`'s signature) and the
+    prefix of its ITC heads (`itc_prefix`).
     """
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    out = dict(infer(sd, input_ids, attention_mask, pixel_values, num_heads, image_token_type_idx=1))
+    out = dict(fusion(sd, input_ids, attention_mask, pixel_values, num_heads, image_token_type_idx=1))
     if "mlm_score.decoder.weight" in sd:
         out["mlm_logits"] = mlm_head(out["text_feats"], sd)
     if "itm_score.fc.weight" in sd:
@@ -347,8 +371,8 @@ def reference_outputs(
     if "rank_output.weight" in sd:
         # compute_irtr: score = rank_output(cls_feats)[:, 0]
         out["irtr_score"] = _linear(out["cls_feats"], sd, "rank_output.")[:, 0]
-    if "itc_text_head.fc.weight" in sd:
-        feats = uni_modal_features(sd, input_ids, attention_mask, pixel_values)
+    if f"{itc_prefix}itc_text_head.fc.weight" in sd:
+        feats = uni_modal_features(sd, input_ids, attention_mask, pixel_values, itc_prefix)
         out["itc_text_embeds"], out["itc_image_embeds"] = feats["text"], feats["image"]
         # compute_itc: itc_logits_t2i = logit_scale * text @ image.T
         out["itc_logits_per_text"] = itc_logit_scale(sd) * feats["text"] @ feats["image"].t()
@@ -359,7 +383,7 @@ def reference_outputs(
     if "nlvr2_classifier.0.weight" in sd:
         if second_pixel_values is None:
             raise ValueError("an NLVR2 checkpoint needs second_pixel_values")
-        second = infer(sd, input_ids, attention_mask, second_pixel_values, num_heads, image_token_type_idx=2)
+        second = fusion(sd, input_ids, attention_mask, second_pixel_values, num_heads, image_token_type_idx=2)
         out["cls_feats_image2"] = second["cls_feats"]
         # nlvr2_classifier_dropout (nlvr2_drop_rate) is inactive at inference
         out["nlvr2_logits"] = classifier(

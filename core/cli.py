@@ -11,6 +11,7 @@ from pathlib import Path
 CONVERTERS = {
     "bridgetower-transformers": "bridgetower_transformers",
     "bridgetower-original": "bridgetower_original",
+    "managertower-original": "managertower_original",
 }
 
 

@@ -20,14 +20,14 @@ import torch
 MANIFEST_NAME = "bridgetower_original_base_keys.tsv"
 
 
-def manifest_path() -> Path:
-    """Every key and shape of the original base checkpoint (all heads), kept in tests/data/."""
-    return Path(__file__).parent / "data" / MANIFEST_NAME
+def manifest_path(name: str = MANIFEST_NAME) -> Path:
+    """Every key and shape of an original base checkpoint (all heads), kept in tests/data/."""
+    return Path(__file__).parent / "data" / name
 
 
-def read_manifest() -> dict[str, tuple[int, ...]]:
+def read_manifest(name: str = MANIFEST_NAME) -> dict[str, tuple[int, ...]]:
     keys = {}
-    for line in manifest_path().read_text().splitlines()[1:]:
+    for line in manifest_path(name).read_text().splitlines()[1:]:
         if not line.strip():
             continue
         key, shape = line.split("\t")
@@ -58,10 +58,19 @@ DIM = {
 LAYERS = {"text_transformer.encoder.layer": 3, "vit_model.visual.transformer.resblocks": 3}
 CROSS_LAYERS = 2
 NUM_HEADS = 4  # cross-modal heads in hyper_parameters (head dim 16)
-HEAD_PREFIXES = ("mlm_score.", "itm_score.", "itc_", "vqa_classifier.", "snli_classifier.", "nlvr2_", "rank_output.")
+HEAD_PREFIXES = (
+    "mlm_score.",
+    "itm_score.",
+    "itc_",
+    "cross_modal_itc_",  # ManagerTower's name for the ITC heads
+    "vqa_classifier.",
+    "snli_classifier.",
+    "nlvr2_",
+    "rank_output.",
+)
 
 
-def _scaled_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+def scaled_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     if key == "vit_model.visual.conv1.weight":
         return (DIM[shape[0]], shape[1], PATCH_SIZE, PATCH_SIZE)
     return tuple(DIM.get(d, d) for d in shape)
@@ -80,13 +89,13 @@ def _keep(key: str) -> bool:
 
 def tiny_shapes() -> dict[str, tuple[int, ...]]:
     """Every manifest key that survives the depth cut, with its scaled shape (the union of heads)."""
-    return {key: _scaled_shape(key, shape) for key, shape in read_manifest().items() if _keep(key)}
+    return {key: scaled_shape(key, shape) for key, shape in read_manifest().items() if _keep(key)}
 
 
-def _random(key: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+def random_tensor(key: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     if key.endswith("position_ids"):
         return torch.arange(shape[-1]).expand(shape).clone()
-    is_norm = re.search(r"(LayerNorm|layernorm|ln_\w+|ln_separate\.\d+|classifier\.1)\.weight$", key)
+    is_norm = re.search(r"(LayerNorm(\.\d+)?|layernorm|ln_\w+|ln_separate\.\d+|classifier\.1)\.weight$", key)
     if is_norm:
         return 1 + 0.1 * torch.randn(shape, generator=generator)
     if len(shape) >= 2:
@@ -104,25 +113,24 @@ TASKS = {
     "snli": (("snli_classifier.",), {"snli": 1}, {}),
     "nlvr2": ((), {"nlvr2": 1}, {"nlvr2_layers": 1}),
     "irtr_itm_itc": (("itm_score.", "itc_"), {"irtr_itm_itc": 1}, {"temperature": 0.6}),
-    "irtr_rank": (("itm_score.",), {"itm": 0.5, "irtr": 1}, {}),
+    "irtr_rank": (("itm_score.",), {"itm": 0.5, "irtr": 1}, {"rank_output": True}),
     "no_hparams": (("mlm_score.", "itm_score.", "itc_"), None, {"legacy_format": True}),
     "separate_ln": (("mlm_score.", "itm_score.", "itc_"), {"mlm": 1, "itm": 1, "itc": 1}, {"separate_ln": True}),
 }
 
 
-def original_state_dict(task: str, seed: int = 0) -> OrderedDict:
-    """The original-layout state dict of a tiny checkpoint for `task` (see TASKS)."""
-    heads, _, options = TASKS[task]
-    generator = torch.Generator().manual_seed(seed)
-    shapes = {k: s for k, s in tiny_shapes().items() if not k.startswith(HEAD_PREFIXES) or k.startswith(heads)}
+def task_shapes(shapes: dict, heads: tuple[str, ...], options: dict, vision_layers: int) -> dict:
+    """The union's shapes cut to one task's heads, plus what the base manifest lacks: per-block ViT norms
+    (`separate_ln`), the NLVR2 head and its 3-row type table (`nlvr2_layers`), the IRTR `rank_output`."""
+    shapes = {k: s for k, s in shapes.items() if not k.startswith(HEAD_PREFIXES) or k.startswith(heads)}
     if options.get("separate_ln"):
-        for i in range(LAYERS["vit_model.visual.transformer.resblocks"]):
+        for i in range(vision_layers):
             for name in ("weight", "bias"):
                 shapes[f"vit_model.visual.ln_separate.{i}.{name}"] = (HIDDEN,)
-    if task == "nlvr2":
-        # NLVR2 is not in the manifest: BTTransformer.__init__ widens token types to 3 and reads cat of two passes
+    if "nlvr2_layers" in options:
+        # NLVR2 is not in the manifest: __init__ widens token types to 3 and reads cat of two passes
         shapes["token_type_embeddings.weight"] = (3, HIDDEN)
-        if options.get("nlvr2_layers") == 1:
+        if options["nlvr2_layers"] == 1:
             shapes.update({"nlvr2_classifier.0.weight": (2, 4 * HIDDEN), "nlvr2_classifier.0.bias": (2,)})
         else:
             width = 2 * HIDDEN * 2
@@ -136,29 +144,38 @@ def original_state_dict(task: str, seed: int = 0) -> OrderedDict:
                     "nlvr2_classifier.3.bias": (2,),
                 }
             )
-    if task == "irtr_rank":
+    if options.get("rank_output"):
         shapes.update({"rank_output.weight": (1, 2 * HIDDEN), "rank_output.bias": (1,)})
-    state_dict = OrderedDict((k, _random(k, s, generator)) for k, s in shapes.items())
+    return shapes
+
+
+def random_state_dict(shapes: dict, options: dict, seed: int = 0) -> OrderedDict:
+    """Random values for `shapes` (norm weights near 1), the ITC temperature, and IRTR's shared storage."""
+    generator = torch.Generator().manual_seed(seed)
+    state_dict = OrderedDict((k, random_tensor(k, s, generator)) for k, s in shapes.items())
     state_dict["temperature"] = torch.tensor(options.get("temperature", 0.05))
-    if task == "irtr_rank":
-        # BTTransformer.__init__ makes rank_output a view of itm_score.fc row 1 (`.data = ...[1:]`): one storage, so
-        # a saved IRTR checkpoint holds the fine-tuned rank_output in both places
+    if options.get("rank_output"):
+        # __init__ makes rank_output a view of itm_score.fc row 1 (`.data = ...[1:]`): one storage, so a saved IRTR
+        # checkpoint holds the fine-tuned rank_output in both places
         state_dict["itm_score.fc.weight"][1:] = state_dict["rank_output.weight"]
         state_dict["itm_score.fc.bias"][1:] = state_dict["rank_output.bias"]
     return state_dict
 
 
-def run_config(task: str) -> dict | None:
-    """The sacred run config (`hyper_parameters["config"]`) of the tiny checkpoint, as plain containers."""
-    _, loss_names, options = TASKS[task]
-    if loss_names is None:
-        return None
-    nlvr2_layers = options.get("nlvr2_layers", 2)
+def original_state_dict(task: str, seed: int = 0) -> OrderedDict:
+    """The original-layout state dict of a tiny checkpoint for `task` (see TASKS)."""
+    heads, _, options = TASKS[task]
+    shapes = task_shapes(tiny_shapes(), heads, options, LAYERS["vit_model.visual.transformer.resblocks"])
+    return random_state_dict(shapes, options, seed)
+
+
+def sacred_config(name: str, loss_names: dict, options: dict, **fields) -> dict:
+    """A tiny run's sacred config (`hyper_parameters["config"]`) as plain containers; `fields` add or replace."""
     return {
-        "exp_name": f"tiny_{task}",
+        "exp_name": f"tiny_{name}",
         "seed": 0,
         "datasets": ["coco", "vg"],
-        "loss_names": {name: loss_names.get(name, 0) for name in LOSS_NAMES},
+        "loss_names": {loss: loss_names.get(loss, 0) for loss in LOSS_NAMES},
         "image_size": IMAGE_SIZE,
         "patch_size": PATCH_SIZE,
         "vqav2_label_size": DIM[3129],
@@ -177,14 +194,21 @@ def run_config(task: str) -> dict | None:
         "vit_layernorm_shared": not options.get("separate_ln", False),
         "vit_layernorm_init_from_vit": False,
         "vit_remove_last": False,
-        "task_head_layers": nlvr2_layers if task == "nlvr2" else 2,
+        "task_head_layers": options.get("nlvr2_layers", 2),
         "head_hidden_scale": 2,
         "temperature": 0.07,
         "contrastive_hidden_size": DIM[256],
         "nlvr2_drop_rate": 0.1,
         "learning_rate": 1e-5,
-        "draw_false_text": 15 if task == "irtr_rank" else 0,
+        "draw_false_text": 15 if options.get("rank_output") else 0,
+        **fields,
     }
+
+
+def run_config(task: str) -> dict | None:
+    """The sacred run config (`hyper_parameters["config"]`) of the tiny checkpoint, as plain containers."""
+    _, loss_names, options = TASKS[task]
+    return None if loss_names is None else sacred_config(task, loss_names, options)
 
 
 # ---- sacred stand-ins and saving ---------------------------------------------------------------------------------
@@ -292,3 +316,12 @@ def write_task_checkpoint(folder: Path, task: str) -> Path:
     _, _, options = TASKS[task]
     checkpoint = lightning_checkpoint(original_state_dict(task), run_config(task))
     return save_lightning(Path(folder) / f"{task}.ckpt", checkpoint, legacy_format=options.get("legacy_format", False))
+
+
+def write_edited(path: Path, state_dict: dict, config: dict | None, edit_state=None, config_updates=None) -> Path:
+    """Save a tiny checkpoint after `edit_state(state_dict)` and `config.update(config_updates)` (bad-file tests)."""
+    if edit_state is not None:
+        edit_state(state_dict)
+    if config_updates:
+        config.update(config_updates)
+    return save_lightning(Path(path), lightning_checkpoint(state_dict, config))

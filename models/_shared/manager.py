@@ -93,29 +93,24 @@ class Manager(nn.Module):
         scores[:, self.num_experts :] = 1.0
         return scores
 
-    def _normalise(self, experts: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
-        """Each expert (and the previous output, appended last) through its own LayerNorm: (batch, E, len, hidden)."""
-        if previous is not None:
-            experts = torch.cat([experts, previous.unsqueeze(1)], dim=1)
-        weight = torch.stack([norm.weight for norm in self.expert_layer_norms])[:, None]
-        bias = torch.stack([norm.bias for norm in self.expert_layer_norms])[:, None]
-        return F.layer_norm(experts, (self.hidden_size,), eps=self.layer_norm_eps) * weight + bias
+    def _normalised(self, index: int, state: torch.Tensor) -> torch.Tensor:
+        """Expert `index` (the previous output is index `num_experts`) through its own LayerNorm."""
+        norm = self.expert_layer_norms[index]
+        return F.layer_norm(state, (self.hidden_size,), norm.weight, norm.bias, norm.eps)
 
     def _adaptive_scores(
         self, previous: torch.Tensor, other: torch.Tensor, other_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Per-token scores (batch, num_experts + 1, len, 1 | hidden) from the previous output and the other
-        modality attention-pooled by it (one head, scaled dot product; values are the normalised other states)."""
+        """Per-token uni-modal scores from the previous output and the other modality attention-pooled by it (one head,
+        scaled dot product; the values are the normalised other states)."""
         other = self.other_layer_norm(other)
         logits = self.query_proj(previous) @ self.key_proj(other).transpose(1, 2) / math.sqrt(self.hidden_size)
         if other_mask is not None:
             logits = logits.masked_fill(~other_mask.bool()[:, None, :], torch.finfo(logits.dtype).min)
         pooled = logits.softmax(dim=-1) @ other
-        generated = self.controller(torch.cat([pooled, previous], dim=-1)).transpose(1, 2).unsqueeze(-1)
-        if self.weight_type == "vector":
-            generated = generated.expand(-1, -1, -1, self.hidden_size)
-        previous_score = self.previous_score.expand(generated.shape[0], -1, generated.shape[2], generated.shape[3])
-        return torch.cat([generated, previous_score], dim=1)
+        # (batch, num_experts, len, 1): with vector weights the original repeats each score over the channels, which
+        # changes nothing (the softmax runs over the experts), so it is not materialised here
+        return self.controller(torch.cat([pooled, previous], dim=-1)).transpose(1, 2).unsqueeze(-1)
 
     def forward(
         self,
@@ -144,16 +139,16 @@ class Manager(nn.Module):
             )
         if self.adaptive and other is None:
             raise ValueError("an adaptive manager needs `other`, the other modality's previous cross-modal output.")
-        states = self._normalise(experts, previous)
+        previous = self._normalised(self.num_experts, previous) if self.has_previous else None
         if self.adaptive:
-            scores = self._adaptive_scores(states[:, -1], other, other_mask)
+            uni_modal, previous_score = self._adaptive_scores(previous, other, other_mask), self.previous_score
         else:
-            scores = self.scores
-        uni_modal = scores[:, : self.num_experts]
-        if self.training and self.noise_std > 0:
-            uni_modal = uni_modal + torch.randn_like(states[:, : self.num_experts]) * self.noise_std
+            uni_modal, previous_score = self.scores[:, : self.num_experts], self.scores[:, self.num_experts :]
+        if self.training and self.noise_std > 0:  # per token and channel, as the original
+            uni_modal = uni_modal + torch.randn_like(experts) * self.noise_std
         weights = (uni_modal / self.temperature).softmax(dim=1)
-        output = (weights * states[:, : self.num_experts]).sum(dim=1)
-        if self.has_previous:  # the previous output's weight is its raw score
-            output = output + scores[:, self.num_experts] * states[:, self.num_experts]
+        # Σ_j w_j · LayerNorm_j(expert_j), one expert at a time: no (batch, experts, len, hidden) temporaries
+        output = previous * previous_score[:, 0] if previous is not None else 0
+        for j in range(self.num_experts):
+            output = output + weights[:, j] * self._normalised(j, experts[:, j])
         return output

@@ -146,8 +146,8 @@ def test_manager_noise_only_in_training_and_seeded():
     prev = _layer_norm(previous, manager.expert_layer_norms[N])
     states = [_layer_norm(experts[:, j], manager.expert_layer_norms[j]) for j in range(N)] + [prev]
     scores = manager._adaptive_scores(prev, other, None)  # checked against the equations above
-    weights = ((scores[:, :N] + noise) / 0.7).softmax(dim=1)
-    expected = sum(weights[:, j] * states[j] for j in range(N)) + scores[:, N] * prev
+    weights = ((scores + noise) / 0.7).softmax(dim=1)
+    expected = sum(weights[:, j] * states[j] for j in range(N)) + manager.previous_score[0, 0] * prev
     torch.testing.assert_close(noisy, expected, atol=1e-6, rtol=0)
     quiet = Manager(D, N, adaptive=True, has_previous=True, weight_type="scalar", noise_std=0.0)
     quiet.load_state_dict(manager.state_dict())
