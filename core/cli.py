@@ -45,6 +45,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from towerzoo.evaluation.cli import add_eval_parser
+
     parser = argparse.ArgumentParser(prog="towerzoo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="convert a checkpoint into a verified towerzoo Hub folder")
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-shard-size", default="5GB", help="split model.safetensors into shards of at most this size"
     )
     convert.set_defaults(handler=_convert)
+    add_eval_parser(commands)
     demo = commands.add_parser("demo", help="convert a small model and load it as a Hub user would (offline)")
     demo.add_argument("--output-dir", type=Path, help="keep the work here (default: a temporary folder)")
     demo.set_defaults(handler=_demo)

@@ -1,0 +1,188 @@
+"""What every evaluation task shares: loading the model, a batch plan that does not depend on the number of processes,
+sharded and resumable execution under `accelerate`, and the results JSON.
+
+Batches are fixed once for the whole dataset (`plan_batches`) and each process runs every `num_processes`-th batch, so
+an example lands in the same batch — with the same padding — whether one process or eight run: a sharded run gives the
+single-process result. Each finished batch is appended, as one JSON line, to its process's file in the run's work
+folder; a restarted run (with any number of processes) skips the batches found there, and the main process gathers
+all batches in order at the end.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+RESULTS_SCHEMA_VERSION = 1
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class EvaluationError(ValueError):
+    """Bad input to an evaluation (data, model or options); the message names the problem and the fix."""
+
+
+def plan_batches(num_examples: int, batch_size: int) -> list[list[int]]:
+    """Consecutive example indices in batches of `batch_size` (the last may be shorter)."""
+    if batch_size < 1:
+        raise EvaluationError(f"--batch-size must be at least 1, got {batch_size}.")
+    return [list(range(start, min(start + batch_size, num_examples))) for start in range(0, num_examples, batch_size)]
+
+
+def fingerprint(*parts) -> str:
+    """A short stable hash of JSON-serialisable parts (run options, file stats) naming a cache or work folder."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_fingerprint(path: Path) -> dict:
+    """Identity of a data file for cache keys: absolute path, size and modification time."""
+    stat = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _read_done(work_dir: Path) -> dict[int, list]:
+    """Finished batches recorded by any process: {batch id: records}. A line cut short by a kill is ignored."""
+    done = {}
+    for shard_file in sorted(work_dir.glob("batches-*.jsonl")):
+        for line in shard_file.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[entry["batch"]] = entry["records"]
+    return done
+
+
+@dataclass
+class ShardedRun:
+    """Runs `step(batch_indices) -> records` (one JSON-serialisable record per example) over `batches` on this
+    process's shard, resumably, and gathers every record in example order on the main process."""
+
+    batches: list[list[int]]
+    work_dir: Path
+    accelerator: object = None
+    description: str = "batches"
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def process_index(self) -> int:
+        return self.accelerator.process_index if self.accelerator is not None else 0
+
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes if self.accelerator is not None else 1
+
+    def _wait(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+    def my_batches(self) -> list[int]:
+        return list(range(self.process_index, len(self.batches), self.num_processes))
+
+    def run(self, step: Callable, loader_for: Callable[[list[int]], Iterable] | None = None) -> list | None:
+        """`loader_for(pending batch ids)`, when given, returns an iterable of `(batch id, inputs)` for those batches
+        (e.g. a DataLoader whose workers load and process them) and `step` receives the inputs; otherwise `step`
+        receives the batch's example indices. Returns every record in example order on the main process, None on
+        the others."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        done = _read_done(self.work_dir)
+        pending = [b for b in self.my_batches() if b not in done]
+        self.stats.update(resumed_batches=len(done), computed_batches=0)
+        inputs = loader_for(pending) if loader_for is not None else ((b, self.batches[b]) for b in pending)
+        shard_file = self.work_dir / f"batches-{self.process_index:05d}.jsonl"
+        with (
+            shard_file.open("a") as out,
+            tqdm(total=len(pending), desc=self.description, disable=self.process_index != 0, unit="batch") as progress,
+        ):
+            for batch_id, batch in inputs:
+                records = list(step(batch))
+                if len(records) != len(self.batches[batch_id]):
+                    raise RuntimeError(f"batch {batch_id}: {len(records)} records for {len(self.batches[batch_id])}")
+                out.write(json.dumps({"batch": batch_id, "records": records}) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+                self.stats["computed_batches"] += 1
+                progress.update(1)
+        self._wait()
+        if self.process_index != 0:
+            return None
+        done = _read_done(self.work_dir)
+        missing = [b for b in range(len(self.batches)) if b not in done]
+        if missing:
+            raise RuntimeError(f"batches {missing[:10]} were not computed by any process; rerun to finish them.")
+        return [record for b in range(len(self.batches)) for record in done[b]]
+
+
+def remove_work_dir(work_dir: Path) -> None:
+    """Delete a finished run's batches, and the folder holding the runs when nothing else is left in it."""
+    shutil.rmtree(work_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        work_dir.parent.rmdir()
+
+
+def load_model(model_path: str, auto_class: str, attn_implementation: str | None, device):
+    """A towerzoo Hub folder or repo through the named transformers Auto class (remote code), fp32 weights (bf16/fp16
+    runs use autocast, see `autocast`), in eval mode."""
+    import transformers
+
+    try:
+        model = getattr(transformers, auto_class).from_pretrained(
+            model_path,
+            trust_remote_code=True,
+            attn_implementation=attn_implementation,
+            dtype=torch.float32,
+        )
+    except ValueError as error:
+        if "Unrecognized configuration class" in str(error) or "auto_map" in str(error):
+            raise EvaluationError(
+                f"{model_path} has no model for {auto_class}: this task needs a checkpoint with that head ({error})."
+            ) from None
+        raise
+    return model.to(device).eval()
+
+
+def autocast(device: torch.device, dtype: str):
+    """Mixed precision for `--dtype bf16|fp16` (a no-op context for fp32)."""
+    return torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
+
+
+def write_json_atomically(path: Path, data) -> Path:
+    """Write JSON through a temporary sibling and a rename, so a killed run never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    temporary.replace(path)
+    return path
+
+
+def write_results(path: Path, results: dict) -> Path:
+    """The results JSON every task writes (model, revision, task, split, metrics, config, timing, …)."""
+    return write_json_atomically(path, {"schema_version": RESULTS_SCHEMA_VERSION, **results})
+
+
+class Timer:
+    """Named wall-clock phases: `with timer("embedding"): ...`; `timer.seconds` maps names to seconds."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[name] = timer.seconds.get(name, 0.0) + time.perf_counter() - self.start
+
+        return _Phase()
