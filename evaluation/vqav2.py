@@ -89,6 +89,7 @@ def load_vqav2(
             annotation = by_id[row["question_id"]]
             row["answers"] = [a["answer"] for a in annotation["answers"]]
             row["answer_type"] = annotation["answer_type"]
+            row["majority_answer"] = annotation.get("multiple_choice_answer", "")
     for row in rows:
         if not row["question"].strip():
             raise EvaluationError(f"question_id {row['question_id']} has an empty question in {questions}.")
@@ -147,14 +148,31 @@ class _Batches(torch.utils.data.Dataset):
         return batch_id, self.processor(images=images, text=rows["question"], return_tensors="pt")
 
 
-def check_answer_vocabulary(model) -> dict[int, str]:
-    """The model's answers; a default `LABEL_i` vocabulary means the conversion did not get the answer list."""
+def check_answer_vocabulary(model, dataset: datasets.Dataset) -> dict[int, str]:
+    """The model's answers. A default `LABEL_i` vocabulary (the conversion did not get the answer list) is an error,
+    and so is one that contains none of the annotators' most common answers (a label file of another model or
+    task); low coverage is a warning (VQAv2's 3129 answers cover about 90% of the validation questions)."""
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     if len(id2label) != model.config.num_labels or all(v == f"LABEL_{k}" for k, v in id2label.items()):
         raise EvaluationError(
             "the model's id2label does not name its answers (default LABEL_i labels); convert the checkpoint with "
             "--labels answer2label.json so predictions can be scored."
         )
+    if "majority_answer" in dataset.column_names:
+        vocabulary = set(id2label.values())
+        covered = sum(answer in vocabulary for answer in dataset["majority_answer"]) / len(dataset)
+        if covered == 0:
+            raise EvaluationError(
+                f"none of the questions' most common answers is among the model's {len(id2label)} answers "
+                f"(e.g. {list(id2label.values())[:5]}): the model's answer vocabulary does not match VQAv2; check the "
+                "--labels file used in the conversion."
+            )
+        if covered < 0.5:
+            logger.warning(
+                "only %.0f%% of the questions' most common answers are among the model's answers; check that its "
+                "answer vocabulary is VQAv2's",
+                100 * covered,
+            )
     return id2label
 
 
@@ -192,7 +210,7 @@ def evaluate_vqav2(options: VQAv2Options, accelerator=None) -> dict | None:
             options.questions, options.images, options.annotations, options.limit, options.skip_missing_images
         )
         model = load_model(options.model, "AutoModelForVisualQuestionAnswering", options.attn_implementation, device)
-        id2label = check_answer_vocabulary(model)
+        id2label = check_answer_vocabulary(model, dataset)
         processor = AutoProcessor.from_pretrained(options.model, trust_remote_code=True)
     run_config = {
         "batch_size": options.batch_size,

@@ -150,3 +150,6 @@ def test_bad_input_fails_clearly(vqa_setup, tmp_path):
     no_answers = tiny_model_folder(tmp_path / "no-answers", num_labels=len(ANSWERS))
     with pytest.raises(EvaluationError, match="--labels answer2label.json"):
         evaluate_vqav2(_options(vqa_setup, tmp_path, model=str(no_answers)))
+    other_task = tiny_model_folder(tmp_path / "snli", id2label={0: "entailment", 1: "neutral", 2: "contradiction"})
+    with pytest.raises(EvaluationError, match="answer vocabulary does not match VQAv2"):
+        evaluate_vqav2(_options(vqa_setup, tmp_path, model=str(other_task)))
