@@ -1,6 +1,7 @@
 """`towerzoo eval TASK …`: the command-line side of the harnesses (run under `accelerate launch` for several GPUs)."""
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -27,44 +28,56 @@ def _accelerator():
     return Accelerator(cpu=not torch.cuda.is_available())
 
 
-def _vqav2(args: argparse.Namespace) -> int:
+def _options(args: argparse.Namespace, options_class, required: tuple[str, ...], alternative: str = ""):
+    """The task's options dataclass from the parsed arguments of the same names; names the missing required ones."""
     from towerzoo.evaluation.runner import EvaluationError
-    from towerzoo.evaluation.vqa import VQAResultsError, format_report, score
-    from towerzoo.evaluation.vqav2 import VQAv2Options, evaluate_vqav2
+
+    missing = [f"--{name}" for name in required if getattr(args, name) is None]
+    if missing:
+        raise EvaluationError(f"towerzoo eval {args.task} needs {', '.join(missing)}{alternative}.")
+    names = {field.name for field in dataclasses.fields(options_class)}
+    return options_class(**{name: value for name, value in vars(args).items() if name in names})
+
+
+def _run_task(args: argparse.Namespace, run) -> int:
+    """Run `run(args)` and print a task's bad-input errors as one line (exit status 2)."""
+    from towerzoo.evaluation.runner import EvaluationError
+    from towerzoo.evaluation.vqa import VQAResultsError
 
     try:
-        if args.predictions is not None:
-            if args.annotations is None or args.questions is None:
-                raise EvaluationError("--predictions needs --questions and --annotations to score against.")
-            print(format_report(score(args.predictions, args.questions, args.annotations)))
-            return 0
-        missing = [f"--{name}" for name in ("model", "questions", "images") if getattr(args, name) is None]
-        if missing:
-            raise EvaluationError(f"towerzoo eval vqav2 needs {', '.join(missing)} (or --predictions to score).")
-        options = VQAv2Options(
-            model=args.model,
-            questions=args.questions,
-            images=args.images,
-            annotations=args.annotations,
-            output=args.output,
-            submission=args.submission,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            dtype=args.dtype,
-            attn_implementation=args.attn_implementation,
-            limit=args.limit,
-            skip_missing_images=args.skip_missing_images,
-            work_dir=args.work_dir,
-            keep_work_dir=args.keep_work_dir,
-        )
-        results = evaluate_vqav2(options, _accelerator())
+        return run(args)
     except (EvaluationError, VQAResultsError) as error:
-        print(f"towerzoo eval vqav2: error: {error}", file=sys.stderr)
+        print(f"towerzoo eval {args.task}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _vqav2(args: argparse.Namespace) -> int:
+    from towerzoo.evaluation.runner import EvaluationError
+    from towerzoo.evaluation.vqa import format_report, score
+    from towerzoo.evaluation.vqav2 import VQAv2Options, evaluate_vqav2
+
+    if args.predictions is not None:
+        if args.annotations is None or args.questions is None:
+            raise EvaluationError("--predictions needs --questions and --annotations to score against.")
+        print(format_report(score(args.predictions, args.questions, args.annotations)))
+        return 0
+    options = _options(args, VQAv2Options, ("model", "questions", "images"), " (or --predictions to score)")
+    results = evaluate_vqav2(options, _accelerator())
     if results is not None:
         if "metrics" in results:
             print(format_report(results["metrics"]))
         print(f"wrote {args.output}" + (f" and {results['submission']}" if "submission" in results else ""))
+    return 0
+
+
+def _retrieval(args: argparse.Namespace) -> int:
+    from towerzoo.evaluation.retrieval import RetrievalOptions, evaluate_retrieval
+
+    options = _options(args, RetrievalOptions, ("model", "karpathy", "images"))
+    results = evaluate_retrieval(options, _accelerator())
+    if results is not None:
+        print(" ".join(f"{name} {value:.2f}" for name, value in results["metrics"].items()))
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -89,4 +102,42 @@ def add_eval_parser(commands) -> None:
         action="store_true",
         help="drop questions whose image is missing (counted in the results; not the official score)",
     )
-    vqav2.set_defaults(handler=_vqav2)
+    vqav2.set_defaults(handler=lambda args: _run_task(args, _vqav2))
+
+    retrieval = tasks.add_parser(
+        "retrieval",
+        help="image-text retrieval recall (Flickr30K/COCO Karpathy splits), ITC ranking + ITM re-ranking",
+        description="Rank the split's images and captions by ITC similarity, re-rank each query's top-k candidates "
+        "with the ITM head as the BridgeTower original does, and report R@1/5/10 both ways. Needs a model with ITC "
+        "and ITM heads (…ForPreTraining). --limit counts images.",
+    )
+    _add_run_options(retrieval)
+    retrieval.add_argument(
+        "--karpathy", type=Path, help="Karpathy split JSON (dataset_coco.json, dataset_flickr30k.json)"
+    )
+    retrieval.add_argument("--images", type=Path, help="image folder (COCO: holds val2014/…; Flickr30K: the images)")
+    retrieval.add_argument("--split", choices=("test", "val", "train", "restval"), default="test")
+    retrieval.add_argument(
+        "--k", type=int, default=128, help="ITM re-ranks each query's top-k (original: 128 Flickr, 256 COCO)"
+    )
+    retrieval.add_argument(
+        "--no-rerank", dest="rerank", action="store_false", help="ITC similarities only (no ITM re-ranking)"
+    )
+    retrieval.add_argument("--rerank-batch-size", type=int, default=128, help="caption-image pairs per ITM batch")
+    retrieval.add_argument(
+        "--text-padding",
+        choices=("max_length", "longest"),
+        default="max_length",
+        help="pad captions to the processor's max_text_length as the original does (ManagerTower depends on it), "
+        "or to the longest in the batch (faster)",
+    )
+    retrieval.add_argument(
+        "--cache-dir", type=Path, help="where embeddings are cached (default: ~/.cache/towerzoo/retrieval)"
+    )
+    retrieval.add_argument("--save-scores", type=Path, help="also save the score matrices here (safetensors)")
+    retrieval.add_argument(
+        "--skip-missing-images",
+        action="store_true",
+        help="drop images missing from --images and their captions (counted in the results; not the official score)",
+    )
+    retrieval.set_defaults(handler=lambda args: _run_task(args, _retrieval))

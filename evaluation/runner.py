@@ -5,19 +5,23 @@ Batches are fixed once for the whole dataset (`plan_batches`) and each process r
 an example lands in the same batch — with the same padding — whether one process or eight run: a sharded run gives the
 single-process result. Each finished batch is appended, as one JSON line, to its process's file in the run's work
 folder; a restarted run (with any number of processes) skips the batches found there, and the main process gathers
-all batches in order at the end.
+all batches in order at the end. A batch's records are either a list of JSON values or, with `tensor_records`, one
+tensor whose first axis runs over the batch's examples (stored as base64 in the same JSON lines), gathered into one
+tensor.
 """
 
+import base64
 import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -48,8 +52,20 @@ def file_fingerprint(path: Path) -> dict:
     return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _read_done(work_dir: Path) -> dict[int, list]:
-    """Finished batches recorded by any process: {batch id: records}. A line cut short by a kill is ignored."""
+def _encode_tensor(tensor: torch.Tensor) -> dict:
+    """A tensor as a JSON value (dtype, shape, base64 bytes); any dtype numpy has (cast bf16 to fp32 first)."""
+    array = tensor.detach().cpu().contiguous().numpy()
+    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": base64.b64encode(array.tobytes()).decode()}
+
+
+def _decode_tensor(encoded: dict) -> torch.Tensor:
+    array = np.frombuffer(base64.b64decode(encoded["data"]), dtype=np.dtype(encoded["dtype"]))
+    return torch.from_numpy(array.reshape(encoded["shape"]).copy())
+
+
+def _read_done(work_dir: Path) -> dict[int, list | dict]:
+    """Finished batches recorded by any process: {batch id: records (a list, or an encoded tensor)}. A line cut short
+    by a kill is ignored."""
     done = {}
     for shard_file in sorted(work_dir.glob("batches-*.jsonl")):
         for line in shard_file.read_text().splitlines():
@@ -57,20 +73,22 @@ def _read_done(work_dir: Path) -> dict[int, list]:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done[entry["batch"]] = entry["records"]
+            done[entry["batch"]] = entry["records"] if "records" in entry else entry["tensor"]
     return done
 
 
 @dataclass
 class ShardedRun:
-    """Runs `step(batch_indices) -> records` (one JSON-serialisable record per example) over `batches` on this
-    process's shard, resumably, and gathers every record in example order on the main process."""
+    """Runs `step(batch_indices) -> records` (one JSON-serialisable record per example, or with `tensor_records` one
+    tensor with a row per example) over `batches` on this process's shard, resumably, and gathers every record in
+    example order on the main process."""
 
-    batches: list[list[int]]
+    batches: list[Sequence[int]]
     work_dir: Path
     accelerator: object = None
     description: str = "batches"
     stats: dict = field(default_factory=dict)
+    tensor_records: bool = False
 
     @property
     def process_index(self) -> int:
@@ -87,11 +105,13 @@ class ShardedRun:
     def my_batches(self) -> list[int]:
         return list(range(self.process_index, len(self.batches), self.num_processes))
 
-    def run(self, step: Callable, loader_for: Callable[[list[int]], Iterable] | None = None) -> list | None:
+    def run(
+        self, step: Callable, loader_for: Callable[[list[int]], Iterable] | None = None
+    ) -> list | torch.Tensor | None:
         """`loader_for(pending batch ids)`, when given, returns an iterable of `(batch id, inputs)` for those batches
         (e.g. a DataLoader whose workers load and process them) and `step` receives the inputs; otherwise `step`
-        receives the batch's example indices. Returns every record in example order on the main process, None on
-        the others."""
+        receives the batch's example indices. Returns every record in example order (concatenated into one tensor
+        with `tensor_records`) on the main process, None on the others."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         done = _read_done(self.work_dir)
         pending = [b for b in self.my_batches() if b not in done]
@@ -103,10 +123,11 @@ class ShardedRun:
             tqdm(total=len(pending), desc=self.description, disable=self.process_index != 0, unit="batch") as progress,
         ):
             for batch_id, batch in inputs:
-                records = list(step(batch))
+                records = step(batch) if self.tensor_records else list(step(batch))
                 if len(records) != len(self.batches[batch_id]):
                     raise RuntimeError(f"batch {batch_id}: {len(records)} records for {len(self.batches[batch_id])}")
-                out.write(json.dumps({"batch": batch_id, "records": records}) + "\n")
+                entry = {"tensor": _encode_tensor(records)} if self.tensor_records else {"records": records}
+                out.write(json.dumps({"batch": batch_id, **entry}) + "\n")
                 out.flush()
                 os.fsync(out.fileno())
                 self.stats["computed_batches"] += 1
@@ -118,6 +139,8 @@ class ShardedRun:
         missing = [b for b in range(len(self.batches)) if b not in done]
         if missing:
             raise RuntimeError(f"batches {missing[:10]} were not computed by any process; rerun to finish them.")
+        if self.tensor_records:
+            return torch.cat([_decode_tensor(done[b]) for b in range(len(self.batches))])
         return [record for b in range(len(self.batches)) for record in done[b]]
 
 
@@ -126,6 +149,26 @@ def remove_work_dir(work_dir: Path) -> None:
     shutil.rmtree(work_dir, ignore_errors=True)
     with contextlib.suppress(OSError):
         work_dir.parent.rmdir()
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise EvaluationError(f"{what} file {path} does not exist.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"{what} file {path} is not valid JSON ({error}); re-download it.") from None
+
+
+def open_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise EvaluationError(f"cannot read image {path} ({error}); the file is corrupt or not an image.") from None
 
 
 def load_model(model_path: str, auto_class: str, attn_implementation: str | None, device):

@@ -6,7 +6,6 @@ Data in the official formats: the questions JSON (`{"data_subtype": "val2014", "
 `COCO_<data_subtype>_<image_id:012d>.jpg` (2014/2015 names) or `<image_id:012d>.jpg` (2017 names).
 """
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -23,7 +22,9 @@ from towerzoo.evaluation.runner import (
     file_fingerprint,
     fingerprint,
     load_model,
+    open_image,
     plan_batches,
+    read_json,
     remove_work_dir,
     write_json_atomically,
     write_results,
@@ -31,15 +32,6 @@ from towerzoo.evaluation.runner import (
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise EvaluationError(f"{what} file {path} does not exist.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise EvaluationError(f"{what} file {path} is not valid JSON ({error}); re-download it.") from None
 
 
 def _image_index(images: Path) -> dict[str, Path]:
@@ -119,17 +111,6 @@ def load_vqav2(
 def dataset_split(questions: Path) -> str | None:
     """The split named in the questions file (`data_subtype`, e.g. val2014, test-dev2015)."""
     return read_json(questions, "questions").get("data_subtype")
-
-
-def open_image(path: str):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise EvaluationError(f"cannot read image {path} ({error}); the file is corrupt or not an image.") from None
 
 
 class _Batches(torch.utils.data.Dataset):

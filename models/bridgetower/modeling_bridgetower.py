@@ -309,6 +309,10 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
             cross_states.append((text_out, image_out))
         return text_out, image_out, cross_states
 
+    def pool(self, text_out: torch.Tensor, image_out: torch.Tensor) -> torch.Tensor:
+        """`cat(text_pooled, image_pooled)` of the last cross-modal outputs: what the heads read."""
+        return torch.cat([self.cross_modal_text_pooler(text_out), self.cross_modal_image_pooler(image_out)], dim=-1)
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -343,7 +347,7 @@ class BridgeTowerModel(BridgeTowerPreTrainedModel):
         text_states = self.text_model(input_ids, attention_mask, token_type_ids).hidden_states
         vision_states = self.vision_model(pixel_values, interpolate_pos_encoding).hidden_states
         text_out, image_out, cross_states = self.fuse(text_states, vision_states, attention_mask, image_token_type_idx)
-        pooled = torch.cat([self.cross_modal_text_pooler(text_out), self.cross_modal_image_pooler(image_out)], dim=-1)
+        pooled = self.pool(text_out, image_out)
         output = BridgeTowerModelOutput(
             text_features=text_out,
             image_features=image_out,
