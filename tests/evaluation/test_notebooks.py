@@ -1,0 +1,174 @@
+"""The evaluation notebooks run headless, top to bottom, on tiny fixtures, and show what the harness computed.
+
+Each notebook is executed with nbclient in a kernel of this interpreter (`sys.executable`, so the test's venv):
+ipykernel writes its kernelspec into a temporary Jupyter data folder put first on `JUPYTER_PATH`, under a name no
+other kernelspec on the machine can shadow. The fixture parameters go in a cell inserted after the notebook's
+`parameters` cell (as papermill does); figures render through matplotlib's inline backend (Agg, no display).
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from evaluation_fixtures import tiny_model_folder, write_karpathy, write_vqav2
+from ipykernel.kernelspec import write_kernel_spec
+from nbclient import NotebookClient
+from safetensors.torch import load_file
+
+import towerzoo.models.bridgetower as bt
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "evaluation" / "notebooks"
+CELL_TIMEOUT_S = 120
+KERNEL = "towerzoo-tests-python"
+
+
+def _tagged(notebook, tag: str) -> list[int]:
+    return [i for i, cell in enumerate(notebook.cells) if tag in cell.metadata.get("tags", [])]
+
+
+def run_notebook(name: str, parameters: dict, workdir: Path, last_cell: str | None = None):
+    """Execute `evaluation/notebooks/<name>` in `workdir` with `parameters` overriding its parameters cell (and
+    `last_cell` appended, to read the kernel's variables); returns the executed notebook. A failing cell raises
+    `CellExecutionError`, naming the cell and its traceback."""
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    (position,) = _tagged(notebook, "parameters")
+    injected = "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
+    notebook.cells.insert(position + 1, nbformat.v4.new_code_cell(injected, metadata={"tags": ["injected"]}))
+    if last_cell is not None:
+        notebook.cells.append(nbformat.v4.new_code_cell(last_cell, metadata={"tags": ["last"]}))
+    client = NotebookClient(
+        notebook,
+        kernel_name=KERNEL,
+        timeout=CELL_TIMEOUT_S,
+        resources={"metadata": {"path": str(workdir)}},
+    )
+    client.execute()
+    return notebook
+
+
+def outputs(notebook, tag: str) -> str:
+    """Everything the cell tagged `tag` displayed, as text (plain and HTML)."""
+    (position,) = _tagged(notebook, tag)
+    parts = []
+    for output in notebook.cells[position].outputs:
+        parts.append(output.get("text", ""))
+        data = output.get("data", {})
+        parts += [data.get("text/plain", ""), data.get("text/html", "")]
+    return "\n".join(parts)
+
+
+def images(notebook) -> int:
+    return sum("image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
+
+
+@pytest.fixture(autouse=True)
+def _jupyter_offline(tmp_path, monkeypatch):
+    """This interpreter's kernelspec, kernel connection files and IPython's profile under tmp_path, nothing from the
+    network, two threads."""
+    write_kernel_spec(tmp_path / "jupyter" / "kernels" / KERNEL)
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_notebooks_are_stored_without_outputs(name):
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(notebook)
+    assert len(_tagged(notebook, "parameters")) == 1
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(not cell.outputs and cell.execution_count is None for cell in code), "clear the outputs"
+
+
+def test_vqav2_notebook(tmp_path):
+    data = write_vqav2(tmp_path / "data", num_questions=12)
+    parameters = {
+        "MODEL": str(tiny_model_folder(tmp_path / "model")),
+        "QUESTIONS": str(data["questions"]),
+        "ANNOTATIONS": str(data["annotations"]),
+        "IMAGES": str(data["images"]),
+        "LIMIT": 10,
+        "BATCH_SIZE": 4,
+        "NUM_WORKERS": 0,
+        "DEVICE": "cpu",
+        "DTYPE": "fp32",
+        "OUTPUT_DIR": str(tmp_path / "results"),
+        "NUM_EXAMPLES": 5,
+    }
+    notebook = run_notebook("vqav2.ipynb", parameters, tmp_path, last_cell="import sys\nprint(sys.executable)")
+    assert outputs(notebook, "last").strip() == sys.executable  # the kernel runs this venv's interpreter
+
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert results["num_examples"] == 10 and results["config"]["batch_size"] == 4
+    table = outputs(notebook, "metrics-table")
+    assert f"{results['metrics']['accuracy']:.2f}" in table
+    for kind, accuracy in results["metrics"]["per_answer_type"].items():
+        assert kind in table and f"{accuracy:.2f}" in table
+    answers = {a["question_id"]: a["answer"] for a in json.loads((tmp_path / "results" / "answers.json").read_text())}
+    examples = outputs(notebook, "examples-table")
+    shown = [qid for qid in answers if str(qid) in examples]
+    assert len(shown) == 5
+    assert all(answers[qid] in examples for qid in shown)
+    assert images(notebook) == 2  # the accuracy plots and the examples grid
+
+
+def test_retrieval_notebook(tmp_path):
+    data = write_karpathy(tmp_path / "data", num_images=6)
+    model = tiny_model_folder(
+        tmp_path / "model", model_class=bt.BridgeTowerForPreTraining, pretraining_heads=["itm", "itc"]
+    )
+    parameters = {
+        "MODEL": str(model),
+        "KARPATHY": str(data["karpathy"]),
+        "IMAGES": str(data["images"]),
+        "LIMIT": None,
+        "K": 2,
+        "BATCH_SIZE": 4,
+        "RERANK_BATCH_SIZE": 8,
+        "NUM_WORKERS": 0,
+        "DEVICE": "cpu",
+        "DTYPE": "fp32",
+        "OUTPUT_DIR": str(tmp_path / "results"),
+        "CACHE_DIR": str(tmp_path / "cache"),
+        "NUM_QUERIES": 2,
+        "TOP": 4,
+    }
+    examples = ("text_to_image_examples", "image_to_text_examples")
+    tables = f"import json\nprint(json.dumps([table.to_dict('records') for table in ({', '.join(examples)})]))"
+    notebook = run_notebook("retrieval.ipynb", parameters, tmp_path, last_cell=tables)
+
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert results["counts"]["images"] == 6 and results["protocol"]["k"] == 2
+    table = outputs(notebook, "metrics-table")
+    for metrics in (results["metrics"], results["itc_metrics"]):
+        for name in ("tr_r1", "tr_r5", "ir_r1", "ir_r5", "r_mean"):
+            assert f"{metrics[name]:.2f}" in table
+    # every example is the saved matrices' pair, ranked by the final scores
+    saved = load_file(tmp_path / "results" / "scores.safetensors")
+    text_queries, image_queries = json.loads(outputs(notebook, "last"))
+    for rows, direction in ((text_queries, "caption_index"), (image_queries, "image_index")):
+        assert len(rows) == 2 * 4
+        for row in rows:
+            caption, image = row["caption_index"], row["image_index"]
+            assert row["query"] == row[direction]
+            assert row["ITC"] == pytest.approx(float(saved["itc_similarity"][caption, image]))
+            final = float(saved["scores"][caption, image])
+            if final > -100:
+                assert row["ITM"] == pytest.approx(final)
+            else:
+                assert math.isnan(row["ITM"])  # not a re-ranked candidate
+            assert row["correct"] == (int(saved["text_to_image"][caption]) == image)
+        for query in {row["query"] for row in rows}:
+            ranked = [row for row in rows if row["query"] == query]
+            column = saved["scores"][query] if direction == "caption_index" else saved["scores"][:, query]
+            other = "image_index" if direction == "caption_index" else "caption_index"
+            expected = torch.sort(column, descending=True, stable=True).indices[:4].tolist()
+            assert [row[other] for row in ranked] == expected
+    assert images(notebook) == 3  # the recall bars and the two example figures
