@@ -14,6 +14,8 @@ from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import is_vision_available
 
+from .processing_common import resize_and_center_crop, tokenize
+
 if is_vision_available():  # Pillow: needed for PIL inputs only
     from PIL import Image
 
@@ -22,17 +24,8 @@ _HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def original_geometry(image: "Image.Image", size: int) -> "Image.Image":
-    """`.convert("RGB")`, shorter side to `size` (bicubic, longer side truncated), centre crop with torchvision's
-    rounded offsets."""
-    image = image.convert("RGB")
-    width, height = image.size
-    if width <= height:
-        new_size = (size, int(size * height / width))
-    else:
-        new_size = (int(size * width / height), size)
-    image = image.resize(new_size, Image.Resampling.BICUBIC)
-    left, top = int(round((new_size[0] - size) / 2.0)), int(round((new_size[1] - size) / 2.0))
-    return image.crop((left, top, left + size, top + size))
+    """The original's `.convert("RGB")`, then CLIP's resize and centre crop."""
+    return resize_and_center_crop(image.convert("RGB"), size)
 
 
 def _check_array(image, index: int):
@@ -81,19 +74,15 @@ class BridgeTowerProcessor(ProcessorMixin):
         data = {}
         if text is not None:
             max_length = kwargs.pop("max_length", None) or self.max_text_length
-            encoded = self.tokenizer(
+            encoded = tokenize(
+                self.tokenizer,
                 text,
+                max_length,
+                truncation,
                 padding=kwargs.pop("padding", "longest"),
-                truncation=truncation,
-                max_length=max_length,
                 return_tensors=return_tensors,
                 **kwargs,
             )
-            if not truncation and encoded["input_ids"].shape[-1] > max_length:
-                raise ValueError(
-                    f"text of {encoded['input_ids'].shape[-1]} tokens is longer than max_length={max_length}; "
-                    "pass truncation=True (the default) or shorten the text."
-                )
             data.update(encoded)
         if images is not None:
             batch = images if isinstance(images, (list, tuple)) else [images]

@@ -25,6 +25,7 @@ class TestBridgeTower(TwoTowerHeadTests):
         "configuration_bridgetower.py",
         "modeling_bridgetower.py",
         "processing_bridgetower.py",
+        "processing_common.py",
         "tower_attention.py",
         "tower_blocks.py",
     )

@@ -32,6 +32,7 @@ class TestManagerTower(TwoTowerHeadTests):
         "modeling_bridgetower.py",
         "modeling_managertower.py",
         "processing_bridgetower.py",
+        "processing_common.py",
         "processing_managertower.py",
         "tower_attention.py",
         "tower_blocks.py",
