@@ -21,18 +21,40 @@ def auto_map_for(model: PreTrainedModel, exposed: dict[str, str]) -> dict[str, s
     return auto_map
 
 
+def _guarded_imports(tree: ast.AST) -> set[int]:
+    """Ids of the import nodes inside `try:` blocks or `if is_xxx_available():` blocks: transformers lets remote
+    code import optional packages there, and the code must then raise a clear error itself when they are missing."""
+    guarded = set()
+    for node in ast.walk(tree):
+        body = []
+        if isinstance(node, ast.Try):
+            body = node.body
+        elif isinstance(node, ast.If):
+            test = node.test
+            name = getattr(test.func, "id", getattr(test.func, "attr", "")) if isinstance(test, ast.Call) else ""
+            if name.startswith("is_") and name.endswith("_available"):
+                body = node.body
+        for statement in body:
+            guarded.update(
+                id(child) for child in ast.walk(statement) if isinstance(child, (ast.Import, ast.ImportFrom))
+            )
+    return guarded
+
+
 def check_self_contained(folder: Path) -> None:
     """Every `.py` in the folder imports only the standard library, torch, transformers, huggingface_hub,
-    safetensors, PIL, numpy or sibling files that are present — what a Hub user is guaranteed to have."""
+    safetensors, PIL, numpy or sibling files that are present — what a Hub user is guaranteed to have — except
+    behind a `try:` or `if is_xxx_available():` guard."""
     allowed = {"torch", "transformers", "huggingface_hub", "safetensors", "PIL", "numpy"}
     stdlib = set(sys.stdlib_module_names)
     for path in sorted(folder.glob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
+        guarded = _guarded_imports(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level:
                 if node.level > 1 or not (folder / f"{node.module}.py").is_file():
                     raise ConversionError(f"{path.name} imports .{node.module}, which the folder does not contain.")
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            elif isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in guarded:
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
                 for name in names:
                     top = name.split(".")[0]

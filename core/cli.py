@@ -12,6 +12,7 @@ CONVERTERS = {
     "bridgetower-transformers": "bridgetower_transformers",
     "bridgetower-original": "bridgetower_original",
     "managertower-original": "managertower_original",
+    "vidla-from-clip": "vidla_from_clip",
 }
 
 

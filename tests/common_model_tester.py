@@ -6,14 +6,12 @@ parametrises every test over `model_classes` (the `model_class` argument).
 """
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from testing_utils import run_without_towerzoo
 
 from towerzoo.conversions.hub_folder import write_hub_folder
 
@@ -201,12 +199,7 @@ class CommonModelTests:
         torch.save(inputs, tmp_path / "inputs.pt")
         script = textwrap.dedent(
             f"""
-            import importlib.abc, json, sys
-            class BlockTowerzoo(importlib.abc.MetaPathFinder):
-                def find_spec(self, name, path=None, target=None):
-                    if name == "towerzoo" or name.startswith("towerzoo."):
-                        raise ImportError("towerzoo must not be needed to load a Hub folder")
-            sys.meta_path.insert(0, BlockTowerzoo())
+            import json
             import torch, transformers
             folder = {str(folder)!r}
             config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
@@ -232,18 +225,7 @@ class CommonModelTests:
                                "processor": processor_class, "module": type(model).__module__}}))
             """
         )
-        workdir = tmp_path / "elsewhere"
-        workdir.mkdir()
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "HF_MODULES_CACHE": str(tmp_path / "modules"),
-            "PYTHONPATH": "",
-        }
-        result = subprocess.run(
-            [sys.executable, "-I", "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
+        result = run_without_towerzoo(script, tmp_path)
         info = json.loads(result.stdout.strip().splitlines()[-1])
         assert info["module"].startswith("transformers_modules.")
         assert info["base"] == self.base_class_name

@@ -1,14 +1,26 @@
 """Builders shared by the tests: tiny configs, a tiny RoBERTa-style tokenizer, random batches (all offline)."""
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
 import torch
 import transformers
+from PIL import Image
 
 from towerzoo.models.bridgetower import BridgeTowerConfig
 from towerzoo.models.managertower import ManagerTowerConfig
 from towerzoo.tiny import build_tiny_tokenizer
 
 __all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
     "build_tiny_tokenizer",
+    "clip_transform_reference",
+    "run_without_towerzoo",
     "padded_text_batch",
     "random_pixels",
     "tiny_bridgetower_config",
@@ -97,3 +109,51 @@ def random_pixels(config: BridgeTowerConfig, batch_size: int = 3, seed: int = 0)
     generator = torch.Generator().manual_seed(seed)
     size = config.vision_config.image_size
     return torch.randn(batch_size, config.vision_config.num_channels, size, size, generator=generator)
+
+
+_BLOCK_TOWERZOO = """
+import importlib.abc, sys
+class BlockTowerzoo(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "towerzoo" or name.startswith("towerzoo."):
+            raise ImportError("towerzoo must not be needed to load a Hub folder")
+sys.meta_path.insert(0, BlockTowerzoo())
+"""
+
+
+def run_without_towerzoo(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run `script` as a Hub user would: a fresh isolated interpreter where towerzoo cannot be imported, offline,
+    in another working directory, with its own remote-code module cache. Fails the test if the script fails."""
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir(exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", _BLOCK_TOWERZOO + textwrap.dedent(script)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
+
+
+def clip_transform_reference(image: "Image.Image", size: int) -> np.ndarray:
+    """OpenAI CLIP's preprocessing of one RGB image, written out by hand in float64: torchvision's
+    Resize(size, BICUBIC) (shorter side to `size`, longer to int(size * long / short), PIL resampling),
+    CenterCrop(size) with offsets int(round(margin / 2)) (Python's round: halves to even), ToTensor,
+    Normalize(CLIP mean/std). Returns (3, size, size)."""
+    width, height = image.size
+    if width <= height:
+        new_width, new_height = size, int(size * height / width)
+    else:
+        new_width, new_height = int(size * width / height), size
+    image = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
+    top, left = int(round((new_height - size) / 2.0)), int(round((new_width - size) / 2.0))
+    array = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float64) / 255.0
+    return ((array - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)

@@ -7,14 +7,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from testing_utils import tiny_bridgetower_config
+from testing_utils import CLIP_MEAN, CLIP_STD, clip_transform_reference, tiny_bridgetower_config
 
 import towerzoo.models.bridgetower as bt
 from towerzoo.conversions.bridgetower_folder import build_processor
 from towerzoo.models.bridgetower.processing_bridgetower import BridgeTowerProcessor
-
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
 
 # Tolerance of the pixel comparison. Both sides resample the same uint8 image with PIL's bicubic filter and crop the
 # same window, so the cropped uint8 values are identical; what remains is float32 rounding of (x/255 - mean)/std with
@@ -25,22 +22,8 @@ PIXEL_ATOL = 1e-5
 
 def original_clip_transform(image: Image.Image, size: int) -> torch.Tensor:
     """The original preprocessing, by hand: the datasets open images with `.convert("RGB")`, then `clip_transform`
-    is torchvision's Resize(size, BICUBIC) → CenterCrop(size) → ToTensor → Normalize(CLIP mean/std).
-
-    torchvision's Resize(int) sets the shorter side to `size` and the longer to int(size * long / short), resampling
-    with PIL; CenterCrop's offsets are int(round((extent - size) / 2)) (Python's round: halves go to even).
-    """
-    image = image.convert("RGB")
-    width, height = image.size
-    if width <= height:
-        new_width, new_height = size, int(size * height / width)
-    else:
-        new_width, new_height = int(size * width / height), size
-    image = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
-    top, left = int(round((new_height - size) / 2.0)), int(round((new_width - size) / 2.0))
-    image = image.crop((left, top, left + size, top + size))
-    array = np.asarray(image, dtype=np.float64) / 255.0
-    return torch.from_numpy(((array - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)).float()
+    (torchvision's Resize(size, BICUBIC) → CenterCrop(size) → ToTensor → Normalize(CLIP mean/std))."""
+    return torch.from_numpy(clip_transform_reference(image.convert("RGB"), size)).float()
 
 
 def crop_margin(width: int, height: int, size: int) -> int:

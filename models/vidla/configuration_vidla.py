@@ -1,0 +1,190 @@
+# Copyright 2026 The towerzoo authors. Licensed under the Apache License, Version 2.0.
+"""VidLA configuration: a CLIP text tower and a CLIP ViT video tower with hierarchical temporal attention.
+
+Defaults are the paper's B/16 model (Rizve et al., "VidLA: Video-Language Alignment at Scale", CVPR 2024): OpenAI
+CLIP ViT-B/16 towers, U = 3 levels of V = 4 multi-scale temporal ([MST]) tokens with temporal scale r = 2.
+"""
+
+from transformers import PretrainedConfig
+
+MST_LEVEL_ATTENTION = ("finer", "coarser", "all", "none")
+
+
+class VidLATextConfig(PretrainedConfig):
+    r"""Text tower (OpenAI CLIP's text transformer: causal pre-LN blocks, QuickGELU, pooled at the end-of-text token).
+
+    Args:
+        vocab_size (`int`, defaults to 49408): CLIP BPE vocabulary size.
+        hidden_size (`int`, defaults to 512): width of the text tower.
+        intermediate_size (`int`, defaults to 2048): MLP width.
+        num_hidden_layers (`int`, defaults to 12): number of blocks.
+        num_attention_heads (`int`, defaults to 8): attention heads per block.
+        max_position_embeddings (`int`, defaults to 77): the longest text (rows of the position table).
+        hidden_act (`str`, defaults to `"quick_gelu"`): MLP activation.
+        layer_norm_eps (`float`, defaults to 1e-5): LayerNorm epsilon.
+        attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities.
+        initializer_range (`float`, defaults to 0.02): std of the token and position embeddings at initialisation.
+        pad_token_id, bos_token_id, eos_token_id (`int`): CLIP's special tokens (1, 49406, 49407). The pooled text
+            state is read at the first `eos_token_id` of each row (at the largest token id when `eos_token_id` is 2,
+            as transformers does for configs written before its fix of that id).
+    """
+
+    model_type = "towerzoo_vidla_text_model"
+    base_config_key = "text_config"
+
+    def __init__(
+        self,
+        vocab_size: int = 49408,
+        hidden_size: int = 512,
+        intermediate_size: int = 2048,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 8,
+        max_position_embeddings: int = 77,
+        hidden_act: str = "quick_gelu",
+        layer_norm_eps: float = 1e-5,
+        attention_dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        pad_token_id: int = 1,
+        bos_token_id: int = 49406,
+        eos_token_id: int = 49407,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.max_position_embeddings = max_position_embeddings
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.attention_dropout = attention_dropout
+        self.initializer_range = initializer_range
+        super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
+
+
+class VidLAVisionConfig(PretrainedConfig):
+    r"""Video tower: OpenAI CLIP's ViT applied to every frame, with VidLA's temporal modelling (paper Sec. 3.2).
+
+    The token sequence is `[CLS]`, then `mst_num_levels * mst_tokens_per_level` [MST] tokens, then the patches of
+    every frame (frame-major). See `modeling_vidla.py` for the equations and the attention masks.
+
+    Args:
+        hidden_size (`int`, defaults to 768): ViT width.
+        intermediate_size (`int`, defaults to 3072): MLP width.
+        num_hidden_layers (`int`, defaults to 12): number of blocks.
+        num_attention_heads (`int`, defaults to 12): attention heads per block (also of the temporal attention).
+        num_channels (`int`, defaults to 3): input channels.
+        image_size (`int`, defaults to 224): frame resolution the spatial position table is built for.
+        patch_size (`int`, defaults to 16): ViT patch size.
+        hidden_act (`str`, defaults to `"quick_gelu"`): MLP activation.
+        layer_norm_eps (`float`, defaults to 1e-5): LayerNorm epsilon.
+        attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities.
+        initializer_range (`float`, defaults to 0.02): std of the patch embedding and of new embeddings.
+        num_frames (`int`, defaults to 32): rows of the temporal position table, i.e. the most frames a clip may have
+            (the paper samples 12 frames in pre-training and 32 in fine-tuning).
+        temporal_attention (`bool`, defaults to `True`): run the spatially-local temporal attention (each patch
+            attends to the patches at the same spatial position in the other frames) before CLIP's attention in
+            every block. Its output projection starts at zero, so it is neutral until trained.
+        mst_num_levels (`int`, defaults to 3): U, the number of [MST] token levels.
+        mst_tokens_per_level (`int`, defaults to 4): V, [MST] tokens per level. 0 (or `mst_num_levels=0`) switches
+            the [MST] tokens off.
+        mst_temporal_scale (`int`, defaults to 2): r; the tokens of level u (u = 0 … U-1) see the patches of frames
+            0, r^u, 2 r^u, … (level 0 sees every frame).
+        mst_level_attention (`str`, defaults to `"finer"`): which other levels' [MST] tokens an [MST] token sees
+            (always its own level's): `"finer"` the levels below it (a coarse token summarises finer summaries),
+            `"coarser"` the levels above it, `"all"` every level, `"none"` none. The paper's text and its figure
+            disagree on the direction; see `modeling_vidla.py`.
+        patches_attend_to_mst (`bool`, defaults to `True`): patches also see every [MST] token in CLIP's attention
+            (besides `[CLS]` and the patches of their own frame).
+    """
+
+    model_type = "towerzoo_vidla_vision_model"
+    base_config_key = "vision_config"
+
+    def __init__(
+        self,
+        hidden_size: int = 768,
+        intermediate_size: int = 3072,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        num_channels: int = 3,
+        image_size: int = 224,
+        patch_size: int = 16,
+        hidden_act: str = "quick_gelu",
+        layer_norm_eps: float = 1e-5,
+        attention_dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        num_frames: int = 32,
+        temporal_attention: bool = True,
+        mst_num_levels: int = 3,
+        mst_tokens_per_level: int = 4,
+        mst_temporal_scale: int = 2,
+        mst_level_attention: str = "finer",
+        patches_attend_to_mst: bool = True,
+        **kwargs,
+    ):
+        if mst_level_attention not in MST_LEVEL_ATTENTION:
+            raise ValueError(f"mst_level_attention must be one of {MST_LEVEL_ATTENTION}, got {mst_level_attention!r}.")
+        if mst_temporal_scale < 1 or num_frames < 1 or mst_num_levels < 0 or mst_tokens_per_level < 0:
+            raise ValueError(
+                "num_frames and mst_temporal_scale must be >= 1, mst_num_levels and mst_tokens_per_level >= 0; got "
+                f"{num_frames}, {mst_temporal_scale}, {mst_num_levels}, {mst_tokens_per_level}."
+            )
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_channels = num_channels
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.attention_dropout = attention_dropout
+        self.initializer_range = initializer_range
+        self.num_frames = num_frames
+        self.temporal_attention = temporal_attention
+        self.mst_num_levels = mst_num_levels
+        self.mst_tokens_per_level = mst_tokens_per_level
+        self.mst_temporal_scale = mst_temporal_scale
+        self.mst_level_attention = mst_level_attention
+        self.patches_attend_to_mst = patches_attend_to_mst
+        super().__init__(**kwargs)
+
+    @property
+    def num_mst_tokens(self) -> int:
+        """U·V, the number of [MST] tokens (0 when they are switched off)."""
+        return self.mst_num_levels * self.mst_tokens_per_level
+
+
+class VidLAConfig(PretrainedConfig):
+    r"""VidLA: two towers aligned by a symmetric InfoNCE loss in a shared embedding space.
+
+    Args:
+        text_config (`dict` or `VidLATextConfig`): the text tower.
+        vision_config (`dict` or `VidLAVisionConfig`): the video tower; it carries the temporal settings
+            (`num_frames`, `temporal_attention`, the [MST] token options) because the tower reads them.
+        projection_dim (`int`, defaults to 512): width of the shared embedding space.
+        logit_scale_init_value (`float`, defaults to 2.6592): initial log of the inverse temperature (CLIP's
+            log(1 / 0.07)); the temperature is learned.
+    """
+
+    model_type = "towerzoo_vidla"
+    sub_configs = {"text_config": VidLATextConfig, "vision_config": VidLAVisionConfig}
+
+    def __init__(
+        self,
+        text_config: dict | VidLATextConfig | None = None,
+        vision_config: dict | VidLAVisionConfig | None = None,
+        projection_dim: int = 512,
+        logit_scale_init_value: float = 2.6592,
+        **kwargs,
+    ):
+        if not isinstance(text_config, VidLATextConfig):
+            text_config = VidLATextConfig(**(text_config or {}))
+        if not isinstance(vision_config, VidLAVisionConfig):
+            vision_config = VidLAVisionConfig(**(vision_config or {}))
+        self.text_config = text_config
+        self.vision_config = vision_config
+        self.projection_dim = projection_dim
+        self.logit_scale_init_value = logit_scale_init_value
+        super().__init__(**kwargs)
