@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared device check (one `run` call on a lent GPU machine; also runs on CPU, where the GPU tests skip):
 #   pytest -m gpu, the BridgeTower benchmark with bf16 backends, then ManagerTower vs BridgeTower cost (bf16 on CUDA,
-#   fp32 on CPU), then the evaluation harnesses' throughput (base size in bf16 on CUDA); logs and JSON under $OUT.
+#   fp32 on CPU), then the evaluation harnesses' throughput and VidLA's video-tower frames/s at 8/12/32 frames (base
+#   size in bf16 on CUDA, tiny fp32 on CPU); logs and JSON under $OUT.
 # Wheels the machine lacks go in .whl/ (git-excluded) and are installed to /tmp/site first.
 set -uo pipefail
 PY=${PYTHON:-python3}
@@ -23,3 +24,4 @@ dtype=$([ "$device" = cuda ] && echo bf16 || echo fp32)
 "$PY" benchmarks/bench_managertower.py --device "$device" --dtype "$dtype" --runs 10 --json "$OUT/bench_managertower.json" 2>&1 | tee "$OUT/bench_managertower.log"
 size=$([ "$device" = cuda ] && echo base || echo tiny)
 "$PY" benchmarks/bench_eval.py --device "$device" --dtype "$dtype" --size "$size" --json "$OUT/bench_eval.json" 2>&1 | tee "$OUT/bench_eval.log"
+"$PY" benchmarks/bench_vidla.py --device "$device" --dtype "$dtype" --size "$size" --json "$OUT/bench_vidla.json" 2>&1 | tee "$OUT/bench_vidla.log"

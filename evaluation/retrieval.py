@@ -35,9 +35,11 @@ import torch
 from towerzoo.evaluation.metrics.retrieval_recall.recall import retrieval_recall
 from towerzoo.evaluation.runner import (
     EvaluationError,
+    RunOptions,
     ShardedRun,
     Timer,
     autocast,
+    default_cache_dir,
     file_fingerprint,
     fingerprint,
     load_model,
@@ -251,35 +253,21 @@ def _save_atomically(tensors: dict[str, torch.Tensor], path: Path) -> None:
     temporary.replace(path)
 
 
-def default_cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/towerzoo/retrieval`, i.e. `~/.cache/towerzoo/retrieval` by default."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "towerzoo" / "retrieval"
-
-
-@dataclass
-class RetrievalOptions:
+@dataclass(kw_only=True)
+class RetrievalOptions(RunOptions):
     """What `towerzoo eval retrieval` takes (see the CLI's help for each option)."""
 
-    model: str
     karpathy: Path
     images: Path
     split: str = "test"
-    output: Path = Path("results.json")
     k: int = 128
     rerank: bool = True
-    batch_size: int = 32
     rerank_batch_size: int = 128
-    num_workers: int = 2
-    dtype: str = "fp32"
-    attn_implementation: str | None = None
     text_padding: str = "max_length"
-    limit: int | None = None
     skip_missing_images: bool = False
     keep_duplicate_captions: bool = False
     cache_dir: Path | None = None
     save_scores: Path | None = None
-    work_dir: Path | None = None
-    keep_work_dir: bool = False
 
 
 class _Retrieval:
@@ -343,7 +331,7 @@ class _Retrieval:
             [file_fingerprint(path) for path in self.images["path"]],
             {k: self.config[k] for k in ("batch_size", "dtype", "attn_implementation", "text_padding")},
         )
-        self.cache_file = Path(options.cache_dir or default_cache_dir()) / f"{embedding_key}.safetensors"
+        self.cache_file = Path(options.cache_dir or default_cache_dir("retrieval")) / f"{embedding_key}.safetensors"
         run_key = fingerprint("retrieval", embedding_key, options.k, options.rerank, options.rerank_batch_size)
         self.work_dir = Path(options.work_dir or f"{options.output}.work") / run_key
         self.stats = {"embedding_cache": {"path": str(self.cache_file), "reused": False}}

@@ -33,6 +33,21 @@ class EvaluationError(ValueError):
     """Bad input to an evaluation (data, model or options); the message names the problem and the fix."""
 
 
+@dataclass(kw_only=True)
+class RunOptions:
+    """The options every harness takes (the CLI's shared run options; see `towerzoo eval TASK --help`)."""
+
+    model: str
+    output: Path = Path("results.json")
+    batch_size: int = 32
+    num_workers: int = 2
+    dtype: str = "fp32"
+    attn_implementation: str | None = None
+    limit: int | None = None
+    work_dir: Path | None = None
+    keep_work_dir: bool = False
+
+
 def plan_batches(num_examples: int, batch_size: int) -> list[list[int]]:
     """Consecutive example indices in batches of `batch_size` (the last may be shorter)."""
     if batch_size < 1:
@@ -142,6 +157,11 @@ class ShardedRun:
         if self.tensor_records:
             return torch.cat([_decode_tensor(done[b]) for b in range(len(self.batches))])
         return [record for b in range(len(self.batches)) for record in done[b]]
+
+
+def default_cache_dir(task: str) -> Path:
+    """`$XDG_CACHE_HOME/towerzoo/<task>`, i.e. `~/.cache/towerzoo/<task>` by default: where a task caches embeddings."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "towerzoo" / task
 
 
 def remove_work_dir(work_dir: Path) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from towerzoo.evaluation.runner import (
     EvaluationError,
+    RunOptions,
     ShardedRun,
     Timer,
     autocast,
@@ -157,23 +158,16 @@ def check_answer_vocabulary(model, dataset: datasets.Dataset) -> dict[int, str]:
     return id2label
 
 
-@dataclass
-class VQAv2Options:
-    model: str
+@dataclass(kw_only=True)
+class VQAv2Options(RunOptions):
+    """What `towerzoo eval vqav2` takes (see the CLI's help for each option)."""
+
     questions: Path
     images: Path
     annotations: Path | None = None
-    output: Path = Path("results.json")
     submission: Path | None = None
     split: str | None = None
-    batch_size: int = 32
-    num_workers: int = 2
-    dtype: str = "fp32"
-    attn_implementation: str | None = None
-    limit: int | None = None
     skip_missing_images: bool = False
-    work_dir: Path | None = None
-    keep_work_dir: bool = False
 
 
 def evaluate_vqav2(options: VQAv2Options, accelerator=None) -> dict | None:

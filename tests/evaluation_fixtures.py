@@ -2,6 +2,9 @@
 folder, a Karpathy-split JSON, and tiny towerzoo Hub folders (random weights) to run the harnesses on."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +131,15 @@ def tiny_model_folder(folder: Path, model_class=bt.BridgeTowerForVisualQuestionA
     model = model_class(tiny_bridgetower_config(**config)).eval()
     processor = build_processor(build_tiny_tokenizer(folder.parent / f"{folder.name}-tokenizer"), model.config)
     return write_hub_folder(model, folder, exposed=exposed_classes(model), processor=processor, overwrite=True)
+
+
+def run_eval_in_processes(arguments: list[str], processes: int = 2) -> None:
+    """`towerzoo eval …` with `processes` CPU processes under torch.distributed.run (what `accelerate launch` and
+    `torchrun` do on a GPU machine); fails the test if the run fails."""
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)),
+        *("-m", "towerzoo.cli", "eval", *map(str, arguments)),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -3,15 +3,12 @@ model's own ITM scores for the candidates (-100 elsewhere), recalls are the metr
 killed runs resume, embeddings are cached, and bad input fails clearly."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import evaluate
 import pytest
 import torch
-from evaluation_fixtures import tiny_model_folder, write_karpathy
+from evaluation_fixtures import run_eval_in_processes, tiny_model_folder, write_karpathy
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForPreTraining, AutoProcessor
@@ -152,17 +149,15 @@ def test_reranked_matrix_holds_the_models_itm_scores_of_the_candidates(setup, tm
 def test_two_processes_give_the_single_process_result(setup, tmp_path):
     single = evaluate_retrieval(_options(setup, tmp_path / "single"))
     sharded_dir = tmp_path / "sharded"
-    command = [
-        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
-        *("-m", "towerzoo.cli", "eval", "retrieval", "--model", str(setup["model"])),
-        *("--karpathy", str(setup["karpathy"]), "--images", str(setup["images"]), "--k", "2"),
-        *("--batch-size", "4", "--rerank-batch-size", "5", "--num-workers", "0"),
-        *("--cache-dir", str(sharded_dir / "cache"), "--save-scores", str(sharded_dir / "scores.safetensors")),
-        *("--output", str(sharded_dir / "results.json")),
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_eval_in_processes(
+        [
+            *("retrieval", "--model", str(setup["model"])),
+            *("--karpathy", str(setup["karpathy"]), "--images", str(setup["images"]), "--k", "2"),
+            *("--batch-size", "4", "--rerank-batch-size", "5", "--num-workers", "0"),
+            *("--cache-dir", str(sharded_dir / "cache"), "--save-scores", str(sharded_dir / "scores.safetensors")),
+            *("--output", str(sharded_dir / "results.json")),
+        ]
+    )
     sharded = json.loads((sharded_dir / "results.json").read_text())
     assert sharded["config"]["num_processes"] == 2 and not sharded["embedding_cache"]["reused"]
     assert sharded["metrics"] == single["metrics"] and sharded["itc_metrics"] == single["itc_metrics"]

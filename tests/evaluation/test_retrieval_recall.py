@@ -189,3 +189,58 @@ def test_metric_add_batch_and_tie_break(recall_metric):
 def test_metric_rejects_ragged_rows(recall_metric):
     with pytest.raises(ValueError, match="every text needs a score for every image"):
         recall_metric.compute(predictions=[[0.1, 0.2], [0.3]], references=[0, 1])
+
+
+# Rank statistics (1-based ranks of the correct item). FIVE_CAPTIONS by row, ties by index: texts 0, 1 rank A third
+# (B and C higher); 2-9 second (C higher, or A's 1 above B's 0 with C tied at a later index); 10, 11 first; 12 second
+# (A ties at 1 with a lower index); 13, 14 third (A higher, B ties at 0 with a lower index). Images: ranks 0, 3, 7
+# above, so 1, 4, 8.
+FIVE_CAPTIONS_TEXT_RANKS = [3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 2, 3, 3]
+FIVE_CAPTIONS_RANK_STATISTICS = {
+    "text_to_image_median_rank": 2.0,
+    "text_to_image_mean_rank": 32 / 15,
+    "image_to_text_median_rank": 4.0,
+    "image_to_text_mean_rank": 13 / 3,
+}
+
+
+def test_rank_statistics_with_ties_and_several_captions():
+    assert sum(FIVE_CAPTIONS_TEXT_RANKS) == 32
+    text_ranks, image_ranks = recall.retrieval_ranks(FIVE_CAPTIONS, FIVE_CAPTIONS_IMAGES)
+    assert (text_ranks + 1).tolist() == FIVE_CAPTIONS_TEXT_RANKS and (image_ranks + 1).tolist() == [1, 4, 8]
+    result = retrieval_recall(FIVE_CAPTIONS, FIVE_CAPTIONS_IMAGES, rank_statistics=True)
+    assert result == pytest.approx(
+        {
+            **FIVE_CAPTIONS_EXPECTED,
+            "r_mean": sum(FIVE_CAPTIONS_EXPECTED.values()) / 6,  # the ranks do not enter r_mean
+            **FIVE_CAPTIONS_RANK_STATISTICS,
+        }
+    )
+    assert "text_to_image_median_rank" not in retrieval_recall(FIVE_CAPTIONS, FIVE_CAPTIONS_IMAGES)
+
+
+def test_rank_statistics_even_count_median_is_the_middle_mean():
+    # RANKS + 1 = [1, 2, 5, 6, 10, 11, 1, 1, 3, 12, 5, 10]; sorted 1 1 1 2 3 5 | 5 6 10 10 11 12: median (5 + 5) / 2
+    # = 5, mean 67 / 12; the transpose puts the same ranks on the image -> text side.
+    for scores, direction in ((_own_item_at(RANKS), "text_to_image"), (_own_item_at(RANKS).T, "image_to_text")):
+        result = retrieval_recall(scores, list(range(12)), rank_statistics=True)
+        assert result[f"{direction}_median_rank"] == 5.0
+        assert result[f"{direction}_mean_rank"] == pytest.approx(67 / 12)
+    ranks = [3, 0, 1, 0]  # 1-based 4, 1, 2, 1: median (1 + 2) / 2
+    result = retrieval_recall(_own_item_at(ranks), list(range(4)), rank_statistics=True)
+    assert result["text_to_image_median_rank"] == 1.5 and result["text_to_image_mean_rank"] == 2.0
+
+
+def test_rank_statistics_tie_rules():
+    scores = np.full((2, 2), 0.5)
+    index = retrieval_recall(scores, [0, 1], rank_statistics=True)
+    assert index["text_to_image_mean_rank"] == 1.5 and index["image_to_text_median_rank"] == 1.5  # ranks 1 and 2
+    pessimistic = retrieval_recall(scores, [0, 1], tie_break="pessimistic", rank_statistics=True)
+    assert pessimistic["text_to_image_mean_rank"] == 2.0 and pessimistic["image_to_text_median_rank"] == 2.0
+
+
+def test_metric_rank_statistics(recall_metric):
+    result = recall_metric.compute(
+        predictions=FIVE_CAPTIONS.tolist(), references=FIVE_CAPTIONS_IMAGES, rank_statistics=True
+    )
+    assert {k: result[k] for k in FIVE_CAPTIONS_RANK_STATISTICS} == pytest.approx(FIVE_CAPTIONS_RANK_STATISTICS)

@@ -2,14 +2,11 @@
 killed runs resume to the same result, and bad input fails clearly."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from evaluation_fixtures import ANSWERS, tiny_model_folder, write_vqav2
+from evaluation_fixtures import ANSWERS, run_eval_in_processes, tiny_model_folder, write_vqav2
 from PIL import Image
 from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
 
@@ -105,17 +102,15 @@ def test_killed_run_resumes_to_the_same_result(vqa_setup, tmp_path, monkeypatch)
 
 def test_two_processes_give_the_single_process_result(vqa_setup, tmp_path):
     single = evaluate_vqav2(_options(vqa_setup, tmp_path / "single"))
-    command = [
-        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
-        *("-m", "towerzoo.cli", "eval", "vqav2", "--model", str(vqa_setup["model"])),
-        *("--questions", str(vqa_setup["questions"]), "--annotations", str(vqa_setup["annotations"])),
-        *("--images", str(vqa_setup["images"]), "--batch-size", "3", "--num-workers", "0"),
-        *("--output", str(tmp_path / "sharded" / "results.json")),
-        *("--submission", str(tmp_path / "sharded" / "answers.json")),
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_eval_in_processes(
+        [
+            *("vqav2", "--model", str(vqa_setup["model"])),
+            *("--questions", str(vqa_setup["questions"]), "--annotations", str(vqa_setup["annotations"])),
+            *("--images", str(vqa_setup["images"]), "--batch-size", "3", "--num-workers", "0"),
+            *("--output", str(tmp_path / "sharded" / "results.json")),
+            *("--submission", str(tmp_path / "sharded" / "answers.json")),
+        ]
+    )
     sharded = json.loads((tmp_path / "sharded" / "results.json").read_text())
     assert sharded["config"]["num_processes"] == 2
     assert sharded["metrics"] == single["metrics"]

@@ -15,6 +15,10 @@ Ties: the original takes the top K with `torch.topk`, whose order among equal sc
 between CPU and CUDA builds). Here it is fixed: `tie_break="index"` (default) ranks equal scores by index, lower
 first, as a stable descending sort would; `tie_break="pessimistic"` ranks the correct item after every other item
 with the same score. K larger than the number of candidates counts every query as correct.
+
+Rank statistics (`rank_statistics=True`, added to the recalls): the median and mean 1-based rank of the correct item
+in each direction (image -> text: the best-ranked of the image's captions), under the same tie rule; the median of an
+even number of ranks is the mean of the two middle ones (numpy's median), as video-text retrieval papers report it.
 """
 
 from collections.abc import Sequence
@@ -45,8 +49,9 @@ def _target_ranks(matrix: np.ndarray, queries: np.ndarray, targets: np.ndarray, 
     return ranks
 
 
-def retrieval_recall(scores, text_to_image: Sequence[int], tie_break: str = "index") -> dict:
-    """R@1/5/10 text->image and image->text (in percent) and `r_mean` from a (num_texts, num_images) score matrix."""
+def retrieval_ranks(scores, text_to_image: Sequence[int], tie_break: str = "index") -> tuple[np.ndarray, np.ndarray]:
+    """0-based ranks of the correct item: each text's image in its row, and each image's best-ranked caption in its
+    column (arrays of num_texts and num_images integers)."""
     scores = np.asarray(scores)
     if not np.issubdtype(scores.dtype, np.floating):  # float16/32 stay as they are: comparisons are exact
         scores = scores.astype(np.float64)
@@ -76,11 +81,23 @@ def retrieval_recall(scores, text_to_image: Sequence[int], tie_break: str = "ind
     caption_ranks = _target_ranks(scores.T, text_to_image, texts, tie_break)
     image_ranks = np.full(num_images, num_texts, dtype=np.int64)
     np.minimum.at(image_ranks, text_to_image, caption_ranks)
+    return text_ranks, image_ranks
 
+
+def retrieval_recall(
+    scores, text_to_image: Sequence[int], tie_break: str = "index", rank_statistics: bool = False
+) -> dict:
+    """R@1/5/10 text->image and image->text (in percent) and `r_mean` from a (num_texts, num_images) score matrix;
+    with `rank_statistics`, also `{direction}_median_rank` and `{direction}_mean_rank` (1-based)."""
+    text_ranks, image_ranks = retrieval_ranks(scores, text_to_image, tie_break)
     result = {}
     for k in KS:
         result[f"text_to_image_r{k}"] = 100.0 * float(np.mean(text_ranks < k))
     for k in KS:
         result[f"image_to_text_r{k}"] = 100.0 * float(np.mean(image_ranks < k))
     result["r_mean"] = sum(result.values()) / len(result)
+    if rank_statistics:
+        for direction, ranks in (("text_to_image", text_ranks), ("image_to_text", image_ranks)):
+            result[f"{direction}_median_rank"] = float(np.median(ranks + 1))
+            result[f"{direction}_mean_rank"] = float(np.mean(ranks + 1))
     return result

@@ -25,9 +25,11 @@ Args:
         more similar (the score matrix is texts x images).
     references (`list` of `int`): for each text, the index of its image (a column of the matrix).
     tie_break (`str`, default "index"): "index" or "pessimistic".
+    rank_statistics (`bool`, default False): also return the median and mean rank of the correct item.
 Returns:
     text_to_image_r1, text_to_image_r5, text_to_image_r10, image_to_text_r1, image_to_text_r5, image_to_text_r10,
-    r_mean (`float`, percent).
+    r_mean (`float`, percent); with rank_statistics, text_to_image_median_rank, text_to_image_mean_rank,
+    image_to_text_median_rank, image_to_text_mean_rank (`float`, 1-based; image -> text: the best-ranked caption).
 Examples:
     >>> metric = evaluate.load("/path/to/evaluation/metrics/retrieval_recall")
     >>> metric.compute(predictions=[[0.9, 0.1], [0.2, 0.8]], references=[0, 1])["r_mean"]
@@ -60,8 +62,8 @@ class RetrievalRecall(evaluate.Metric):
             reference_urls=["https://github.com/microsoft/BridgeTower"],
         )
 
-    def _compute(self, predictions, references, tie_break="index"):
+    def _compute(self, predictions, references, tie_break="index", rank_statistics=False):
         lengths = {len(row) for row in predictions}
         if len(lengths) != 1:
             raise ValueError(f"every text needs a score for every image; got rows of lengths {sorted(lengths)}")
-        return retrieval_recall(predictions, references, tie_break=tie_break)
+        return retrieval_recall(predictions, references, tie_break=tie_break, rank_statistics=rank_statistics)
