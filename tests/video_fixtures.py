@@ -1,6 +1,7 @@
-"""Tiny real videos written with PyAV (moving coloured shapes), broken files, and a tiny VidLA processor, all offline
-and deterministic."""
+"""Tiny real videos written with PyAV (moving coloured shapes), broken files, a tiny VidLA processor, and a tiny
+MSR-VTT retrieval set with a tiny VidLA folder to evaluate on, all offline and deterministic."""
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,17 @@ from towerzoo.tiny import build_tiny_clip_tokenizer
 __all__ = [
     "build_tiny_clip_tokenizer",
     "moving_shapes",
+    "msrvtt_caption",
+    "tiny_vidla_folder",
     "tiny_vidla_processor",
     "write_broken_videos",
+    "write_msrvtt",
+    "write_msrvtt_videos",
     "write_video",
 ]
 
 FPS = 8
+CAPTIONS = ["a cat sits on the mat", "two dogs play in the park", "the cat sits in a park", "a dog play on a mat"]
 
 
 def moving_shapes(num_frames: int, width: int, height: int) -> np.ndarray:
@@ -97,3 +103,63 @@ def tiny_vidla_processor(tokenizer_dir: str, **video_options):
     from towerzoo.models.vidla.video_processing_vidla import VidLAVideoProcessor
 
     return VidLAProcessor(VidLAVideoProcessor(**video_options), AutoTokenizer.from_pretrained(tokenizer_dir))
+
+
+def tiny_vidla_folder(root: Path) -> Path:
+    """`<root>/model`: a tiny VidLA Hub folder converted by `vidla_from_clip` from a random tiny CLIP (seed 0, 16-pixel
+    frames, 24-dim projections) with the tiny CLIP tokenizer (`<root>/tokenizer`; the CLIP is `<root>/clip`)."""
+    import torch
+    import transformers
+
+    from towerzoo.conversions import vidla_from_clip
+
+    root = Path(root)
+    tokenizer_dir = build_tiny_clip_tokenizer(root / "tokenizer")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 16,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config=text, vision_config={**vision, "image_size": 16, "patch_size": 4}, projection_dim=24
+    )
+    transformers.CLIPModel(config).save_pretrained(root / "clip")
+    return vidla_from_clip.run(root / "clip", root / "model", tokenizer=tokenizer_dir)
+
+
+def write_msrvtt_videos(folder: Path, num_videos: int, short: int | None = None, seed: int = 0) -> list[str]:
+    """`<folder>/video<7000 + k>.mp4`, k < num_videos: 8 frames of 32x32 moving shapes, each video tinted its own
+    colour; video `short` has 3 frames. Returns the video ids."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    video_ids = [f"video{7000 + k}" for k in range(num_videos)]
+    for k, video_id in enumerate(video_ids):
+        frames = moving_shapes(3 if k == short else 8, 32, 32)
+        frames = np.clip(frames.astype(int) + rng.integers(-60, 60, (1, 1, 1, 3)), 0, 255).astype(np.uint8)
+        write_video(folder / f"{video_id}.mp4", frames)
+    return video_ids
+
+
+def msrvtt_caption(k: int) -> str:
+    """The caption `write_msrvtt` gives the k-th video."""
+    return CAPTIONS[k % len(CAPTIONS)] + f" {k}"
+
+
+def write_msrvtt(path: Path, video_ids: list[str]) -> Path:
+    """CLIP4Clip's `MSRVTT_JSFUSION_test.csv` layout: one caption (`msrvtt_caption(k)`) per video."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["key", "vid_key", "video_id", "sentence"])
+        for k, video_id in enumerate(video_ids):
+            writer.writerow([f"ret{k}", f"msr{video_id[5:]}", video_id, msrvtt_caption(k)])
+    return Path(path)

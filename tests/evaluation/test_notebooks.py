@@ -18,8 +18,10 @@ from evaluation_fixtures import tiny_model_folder, write_karpathy, write_vqav2
 from ipykernel.kernelspec import write_kernel_spec
 from nbclient import NotebookClient
 from safetensors.torch import load_file
+from video_fixtures import tiny_vidla_folder, write_msrvtt, write_msrvtt_videos
 
 import towerzoo.models.bridgetower as bt
+from towerzoo.evaluation.video_retrieval import METRIC_NAMES
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "evaluation" / "notebooks"
 CELL_TIMEOUT_S = 120
@@ -172,3 +174,54 @@ def test_retrieval_notebook(tmp_path):
             expected = torch.sort(column, descending=True, stable=True).indices[:4].tolist()
             assert [row[other] for row in ranked] == expected
     assert images(notebook) == 3  # the recall bars and the two example figures
+
+
+def test_video_retrieval_notebook(tmp_path):
+    video_ids = write_msrvtt_videos(tmp_path / "videos", 5, short=4)
+    parameters = {
+        "MODEL": str(tiny_vidla_folder(tmp_path / "vidla")),
+        "DATASET": "msrvtt",
+        "ANNOTATIONS": str(write_msrvtt(tmp_path / "MSRVTT_JSFUSION_test.csv", video_ids)),
+        "VIDEOS": str(tmp_path / "videos"),
+        "NUM_FRAMES": 4,
+        "LIMIT": None,
+        "BATCH_SIZE": 4,
+        "NUM_WORKERS": 0,
+        "DEVICE": "cpu",
+        "DTYPE": "fp32",
+        "DUAL_SOFTMAX": True,
+        "OUTPUT_DIR": str(tmp_path / "results"),
+        "CACHE_DIR": str(tmp_path / "cache"),
+        "NUM_EXAMPLES": 2,
+        "TOP": 3,
+        "FRAMES_SHOWN": 3,
+    }
+    examples = "import json\nprint(json.dumps(text_to_video_examples.to_dict('records')))"
+    notebook = run_notebook("video_retrieval.ipynb", parameters, tmp_path, last_cell=examples)
+
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert results["counts"]["videos"] == 5 and results["config"]["num_frames"] == 4
+    table = outputs(notebook, "metrics-table")
+    assert "dual softmax (transductive)" in table and results["dual_softmax_metrics"]["transductive"]
+    for metrics in (results["metrics"], results["dual_softmax_metrics"]):
+        for name in METRIC_NAMES.values():
+            assert f"{metrics[name]:.2f}" in table
+    # each query's top videos by the saved similarity, then its own video with its rank when it is not among them
+    saved = load_file(tmp_path / "results" / "scores.safetensors")
+    rows = json.loads(outputs(notebook, "last"))
+    queries = sorted({row["query"] for row in rows})
+    assert len(queries) == 2
+    for query in queries:
+        shown = [row for row in rows if row["query"] == query]
+        order = torch.sort(saved["similarity"][query], descending=True, stable=True).indices.tolist()
+        correct = int(saved["text_to_video"][query])
+        expected = order[:3] + ([correct] if order.index(correct) >= 3 else [])
+        assert [row["video_index"] for row in shown] == expected
+        assert [row["rank"] for row in shown] == [order.index(video) + 1 for video in expected]
+        assert [row["correct"] for row in shown] == [video == correct for video in expected]
+        for row in shown:
+            assert row["video"] == video_ids[row["video_index"]]
+            assert row["similarity"] == pytest.approx(float(saved["similarity"][query, row["video_index"]]))
+            dual = saved["dual_softmax_text_to_video"][query, row["video_index"]]
+            assert row["dual_softmax"] == pytest.approx(float(dual))
+    assert images(notebook) == 2  # the recall bars and the frame strips

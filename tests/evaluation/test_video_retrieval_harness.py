@@ -2,72 +2,31 @@
 the metrics are the retrieval_recall metric on the model's own similarities, dual softmax by hand, two processes equal
 one, a killed run resumes, embeddings are cached, the DiDeMo and ActivityNet layouts, and bad input."""
 
-import csv
 import json
-from pathlib import Path
 
 import evaluate
-import numpy as np
 import pytest
 import torch
 import transformers
 from evaluation_fixtures import run_eval_in_processes
 from safetensors.torch import load_file
-from video_fixtures import build_tiny_clip_tokenizer, moving_shapes, write_broken_videos, write_video
+from video_fixtures import msrvtt_caption, tiny_vidla_folder, write_broken_videos, write_msrvtt, write_msrvtt_videos
 
-from towerzoo.conversions import vidla_from_clip
 from towerzoo.evaluation import video_retrieval
 from towerzoo.evaluation.metrics import metric_path
 from towerzoo.evaluation.runner import EvaluationError
 from towerzoo.evaluation.video_retrieval import METRIC_NAMES, VideoRetrievalOptions, evaluate_video_retrieval
 
-CAPTIONS = ["a cat sits on the mat", "two dogs play in the park", "the cat sits in a park", "a dog play on a mat"]
 NUM_VIDEOS, NUM_FRAMES = 6, 4
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("video-retrieval")
-    tokenizer_dir = build_tiny_clip_tokenizer(root / "tokenizer")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-    text = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 16,
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
-    vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
-    torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config=text, vision_config={**vision, "image_size": 16, "patch_size": 4}, projection_dim=24
-    )
-    transformers.CLIPModel(config).save_pretrained(root / "clip")
-    model = vidla_from_clip.run(root / "clip", root / "model", tokenizer=tokenizer_dir)
-    videos = root / "videos"
-    videos.mkdir()
-    rng = np.random.default_rng(0)
-    video_ids = [f"video{7000 + k}" for k in range(NUM_VIDEOS)]
-    for k, video_id in enumerate(video_ids):
-        frames = moving_shapes(3 if k == 4 else 8, 32, 32)  # video 4 is shorter than NUM_FRAMES
-        frames = np.clip(frames.astype(int) + rng.integers(-60, 60, (1, 1, 1, 3)), 0, 255).astype(np.uint8)
-        write_video(videos / f"{video_id}.mp4", frames)
-    csv_path = root / "MSRVTT_JSFUSION_test.csv"
-    write_msrvtt(csv_path, video_ids)
-    return {"model": model, "videos": videos, "annotations": csv_path, "video_ids": video_ids}
-
-
-def write_msrvtt(path: Path, video_ids: list[str]) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["key", "vid_key", "video_id", "sentence"])
-        for k, video_id in enumerate(video_ids):
-            writer.writerow([f"ret{k}", f"msr{video_id[5:]}", video_id, CAPTIONS[k % 4] + f" {k}"])
-    return path
+    model = tiny_vidla_folder(root)
+    video_ids = write_msrvtt_videos(root / "videos", NUM_VIDEOS, short=4)  # video 4 is shorter than NUM_FRAMES
+    csv_path = write_msrvtt(root / "MSRVTT_JSFUSION_test.csv", video_ids)
+    return {"model": model, "videos": root / "videos", "annotations": csv_path, "video_ids": video_ids}
 
 
 def _options(setup, tmp_path, **overrides) -> VideoRetrievalOptions:
@@ -92,7 +51,7 @@ def _own_similarity(setup, video_ids=None, texts=None) -> torch.Tensor:
     model = transformers.AutoModel.from_pretrained(setup["model"], trust_remote_code=True).eval()
     processor = transformers.AutoProcessor.from_pretrained(setup["model"], trust_remote_code=True)
     video_ids = video_ids or setup["video_ids"]
-    texts = texts or [CAPTIONS[k % 4] + f" {k}" for k in range(len(video_ids))]
+    texts = texts or [msrvtt_caption(k) for k in range(len(video_ids))]
     with torch.no_grad():
         videos = [
             model.get_video_features(
