@@ -24,7 +24,6 @@ and warned about.
 """
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,19 +33,23 @@ import torch
 
 from towerzoo.evaluation.metrics.retrieval_recall.recall import retrieval_recall
 from towerzoo.evaluation.runner import (
+    BatchInputs,
     EvaluationError,
     RunOptions,
     ShardedRun,
     Timer,
     autocast,
+    count_truncated,
     default_cache_dir,
     file_fingerprint,
     fingerprint,
     load_model,
+    model_identity,
     open_image,
     plan_batches,
     read_json,
     remove_work_dir,
+    save_tensors_atomically,
     write_results,
 )
 
@@ -144,12 +147,6 @@ def check_retrieval_heads(model) -> None:
         )
 
 
-def count_truncated(processor, texts: list[str]) -> int:
-    """How many captions are longer than the processor's `max_text_length` tokens (they get truncated)."""
-    lengths = [len(ids) for ids in processor.tokenizer(texts, truncation=False)["input_ids"]]
-    return sum(length > processor.max_text_length for length in lengths)
-
-
 def itm_match_scores(model, input_ids, attention_mask, pixel_values, image_of_pair) -> torch.Tensor:
     """ITM match logits (`itm_logits[:, 1]`) of the pairs (caption row b, image `image_of_pair[b]` of `pixel_values`).
     The model's own steps (`text_model`, `vision_model`, `fuse`, `pool`, the ITM head), except that the vision tower
@@ -217,40 +214,6 @@ class _Inputs:
         texts, images = self.pairs[torch.as_tensor(list(indices))].unbind(1)
         distinct, image_of_pair = torch.unique(images, return_inverse=True)
         return {**self.texts(texts.tolist()), **self.images(distinct.tolist()), "image_of_pair": image_of_pair}
-
-
-class _BatchInputs(torch.utils.data.Dataset):
-    """Item i = (batch id, inputs) of the i-th pending batch."""
-
-    def __init__(self, batches, batch_ids: list[int], make_inputs):
-        self.batches, self.batch_ids, self.make_inputs = batches, batch_ids, make_inputs
-
-    def __len__(self) -> int:
-        return len(self.batch_ids)
-
-    def __getitem__(self, i: int):
-        batch_id = self.batch_ids[i]
-        return batch_id, self.make_inputs(self.batches[batch_id])
-
-
-def _model_identity(model_path: str, model) -> dict:
-    """What names the weights: the Hub revision, or a local folder's files (path, size, mtime)."""
-    folder = Path(model_path)
-    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-    return {
-        "model": model_path,
-        "revision": getattr(model.config, "_commit_hash", None),
-        "files": [file_fingerprint(p) for p in files],
-    }
-
-
-def _save_atomically(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, temporary)
-    temporary.replace(path)
 
 
 @dataclass(kw_only=True)
@@ -324,7 +287,7 @@ class _Retrieval:
         # embeddings depend on the model, the images and captions, and the numerics (batches pad texts together)
         embedding_key = fingerprint(
             "retrieval-embeddings",
-            _model_identity(options.model, self.model),
+            model_identity(options.model, self.model),
             file_fingerprint(options.karpathy),
             options.split,
             self.texts,
@@ -346,7 +309,7 @@ class _Retrieval:
         run = ShardedRun(batches, self.work_dir / name, self.accelerator, description, tensor_records=True)
 
         def loader_for(pending: list[int]):
-            dataset = _BatchInputs(batches, pending, make_inputs)
+            dataset = BatchInputs(batches, pending, make_inputs)
             return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.options.num_workers)
 
         def on_device_step(batch) -> torch.Tensor:
@@ -385,7 +348,7 @@ class _Retrieval:
         )
         if not self.is_main:
             return None
-        _save_atomically({"image_embeds": image_embeds, "text_embeds": text_embeds}, self.cache_file)
+        save_tensors_atomically({"image_embeds": image_embeds, "text_embeds": text_embeds}, self.cache_file)
         return image_embeds, text_embeds
 
     def similarity(self, embeddings: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | None:
@@ -403,7 +366,7 @@ class _Retrieval:
         candidates_file = self.work_dir / "candidates.safetensors"
         if self.is_main and not candidates_file.is_file():
             pairs, shared = candidate_pairs(similarity, self.options.k)
-            _save_atomically({"pairs": pairs, "shared": torch.tensor(shared)}, candidates_file)
+            save_tensors_atomically({"pairs": pairs, "shared": torch.tensor(shared)}, candidates_file)
         self.wait()
         stored = load_file(candidates_file)
         self.stats["candidate_pairs"] = len(stored["pairs"])
@@ -447,7 +410,9 @@ def evaluate_retrieval(options: RetrievalOptions, accelerator=None) -> dict | No
         metrics = recalls(scores, run.text_to_image) if options.rerank else itc_metrics
     if options.save_scores is not None:
         tensors = {"itc_similarity": similarity, "text_to_image": torch.tensor(run.text_to_image)}
-        _save_atomically(tensors if scores is None else {**tensors, "scores": scores}, Path(options.save_scores))
+        save_tensors_atomically(
+            tensors if scores is None else {**tensors, "scores": scores}, Path(options.save_scores)
+        )
     per_image = torch.bincount(torch.tensor(run.text_to_image), minlength=len(run.images))
     batches = {name: run.stats[name] for name in SHARDED_STEPS if name in run.stats}
     results = {

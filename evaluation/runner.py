@@ -191,6 +191,48 @@ def open_image(path: str):
         raise EvaluationError(f"cannot read image {path} ({error}); the file is corrupt or not an image.") from None
 
 
+def count_truncated(processor, texts: list[str]) -> int:
+    """How many captions are longer than the processor's `max_text_length` tokens (they get truncated)."""
+    lengths = [len(ids) for ids in processor.tokenizer(texts, truncation=False)["input_ids"]]
+    return sum(length > processor.max_text_length for length in lengths)
+
+
+class BatchInputs(torch.utils.data.Dataset):
+    """Item i = (batch id, `make_inputs(batch)`) of the i-th pending batch: a DataLoader over it loads and
+    processes batches in its workers."""
+
+    def __init__(self, batches, batch_ids: list[int], make_inputs):
+        self.batches, self.batch_ids, self.make_inputs = batches, batch_ids, make_inputs
+
+    def __len__(self) -> int:
+        return len(self.batch_ids)
+
+    def __getitem__(self, i: int):
+        batch_id = self.batch_ids[i]
+        return batch_id, self.make_inputs(self.batches[batch_id])
+
+
+def model_identity(model_path: str, model) -> dict:
+    """What names the weights: the Hub revision, or a local folder's files (path, size, mtime)."""
+    folder = Path(model_path)
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    return {
+        "model": model_path,
+        "revision": getattr(model.config, "_commit_hash", None),
+        "files": [file_fingerprint(p) for p in files],
+    }
+
+
+def save_tensors_atomically(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write tensors as safetensors through a temporary sibling and a rename."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, temporary)
+    temporary.replace(path)
+
+
 def load_model(model_path: str, auto_class: str, attn_implementation: str | None, device):
     """A towerzoo Hub folder or repo through the named transformers Auto class (remote code), fp32 weights (bf16/fp16
     runs use autocast, see `autocast`), in eval mode."""

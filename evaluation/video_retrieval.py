@@ -27,20 +27,23 @@ from pathlib import Path
 import torch
 
 from towerzoo.evaluation.metrics.retrieval_recall.recall import retrieval_recall
-from towerzoo.evaluation.retrieval import _BatchInputs, _model_identity, _save_atomically, count_truncated
 from towerzoo.evaluation.runner import (
+    BatchInputs,
     EvaluationError,
     RunOptions,
     ShardedRun,
     Timer,
     autocast,
+    count_truncated,
     default_cache_dir,
     file_fingerprint,
     fingerprint,
     load_model,
+    model_identity,
     plan_batches,
     read_json,
     remove_work_dir,
+    save_tensors_atomically,
     write_results,
 )
 
@@ -331,7 +334,7 @@ class _VideoRetrieval:
         }
         embedding_key = fingerprint(
             "video-retrieval-embeddings",
-            _model_identity(options.model, self.model),
+            model_identity(options.model, self.model),
             options.dataset,
             file_fingerprint(options.annotations),
             self.texts,
@@ -351,7 +354,7 @@ class _VideoRetrieval:
         run = ShardedRun(batches, self.work_dir / name, self.accelerator, description, tensor_records=True)
 
         def loader_for(pending: list[int]):
-            dataset = _BatchInputs(batches, pending, make_inputs)
+            dataset = BatchInputs(batches, pending, make_inputs)
             return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.options.num_workers)
 
         def on_device_step(batch) -> torch.Tensor:
@@ -399,7 +402,7 @@ class _VideoRetrieval:
             "video_short": video_rows[:, width + 1].bool(),
             "text_embeds": text_embeds,
         }
-        _save_atomically(embeddings, self.cache_file)
+        save_tensors_atomically(embeddings, self.cache_file)
         return embeddings
 
 
@@ -439,7 +442,7 @@ def evaluate_video_retrieval(options: VideoRetrievalOptions, accelerator=None) -
         tensors = {"similarity": similarity, "text_to_video": torch.tensor(text_to_video)}
         if dual is not None:
             tensors.update(dual_softmax_text_to_video=dual[0], dual_softmax_video_to_text=dual[1])
-        _save_atomically(tensors, Path(options.save_scores))
+        save_tensors_atomically(tensors, Path(options.save_scores))
     batches = {name: run.stats[name] for name in SHARDED_STEPS if name in run.stats}
     unreadable = int((~ok).sum())
     results = {

@@ -141,7 +141,7 @@ def test_two_processes_give_the_single_process_result(setup, tmp_path):
 
 def test_killed_run_resumes_and_embeddings_are_cached(setup, tmp_path, monkeypatch):
     reference = evaluate_video_retrieval(_options(setup, tmp_path / "reference", batch_size=2))
-    load_batch = video_retrieval._BatchInputs.__getitem__
+    load_batch = video_retrieval.BatchInputs.__getitem__
     loaded = {"batches": 0}
 
     def killed_at_the_second_text_batch(self, i):
@@ -152,7 +152,7 @@ def test_killed_run_resumes_and_embeddings_are_cached(setup, tmp_path, monkeypat
         return load_batch(self, i)
 
     options = _options(setup, tmp_path / "resumed", batch_size=2)
-    monkeypatch.setattr(video_retrieval._BatchInputs, "__getitem__", killed_at_the_second_text_batch)
+    monkeypatch.setattr(video_retrieval.BatchInputs, "__getitem__", killed_at_the_second_text_batch)
     with pytest.raises(KeyboardInterrupt):
         evaluate_video_retrieval(options)
     assert not options.output.exists()
