@@ -33,12 +33,10 @@ import torch
 
 from towerzoo.evaluation.metrics.retrieval_recall.recall import retrieval_recall
 from towerzoo.evaluation.runner import (
-    BatchInputs,
     EvaluationError,
     RunOptions,
     ShardedRun,
     Timer,
-    autocast,
     count_truncated,
     default_cache_dir,
     file_fingerprint,
@@ -303,21 +301,10 @@ class _Retrieval:
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
 
-    def _sharded(self, batches, name: str, description: str, step, make_inputs=None):
-        """Run `step` over `batches` (inputs from `make_inputs` in DataLoader workers) sharded and resumable; the
-        concatenated tensor on the main process."""
+    def _sharded(self, batches, name: str, description: str, step, make_inputs):
+        """Run `step` over `batches` sharded and resumable; the concatenated tensor on the main process."""
         run = ShardedRun(batches, self.work_dir / name, self.accelerator, description, tensor_records=True)
-
-        def loader_for(pending: list[int]):
-            dataset = BatchInputs(batches, pending, make_inputs)
-            return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.options.num_workers)
-
-        def on_device_step(batch) -> torch.Tensor:
-            inputs = {key: value.to(self.device) for key, value in batch.items()}
-            with torch.no_grad(), autocast(self.device, self.options.dtype):
-                return step(**inputs).float()
-
-        result = run.run(on_device_step, loader_for)
+        result = run.run_model(step, make_inputs, self.device, self.options.dtype, self.options.num_workers)
         self.stats[name] = {k: run.stats[k] for k in ("computed_batches", "resumed_batches")}
         return result
 

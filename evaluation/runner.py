@@ -120,6 +120,25 @@ class ShardedRun:
     def my_batches(self) -> list[int]:
         return list(range(self.process_index, len(self.batches), self.num_processes))
 
+    def run_model(
+        self, step: Callable, make_inputs: Callable, device: torch.device, dtype: str = "fp32", num_workers: int = 0
+    ) -> list | torch.Tensor | None:
+        """`run` for a model: `make_inputs(example indices)` builds each pending batch's tensors in DataLoader
+        workers; `step(**inputs)` runs on `device` under no_grad and `dtype` autocast. Tensor outputs come back as
+        float32 on the CPU, anything else (e.g. a list of answers) as it is."""
+
+        def loader_for(pending: list[int]):
+            batches = BatchInputs(self.batches, pending, make_inputs)
+            return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=num_workers)
+
+        def on_device(batch: dict):
+            inputs = {key: value.to(device) for key, value in batch.items()}
+            with torch.no_grad(), autocast(device, dtype):
+                output = step(**inputs)
+            return output.float().cpu() if isinstance(output, torch.Tensor) else output
+
+        return self.run(on_device, loader_for)
+
     def run(
         self, step: Callable, loader_for: Callable[[list[int]], Iterable] | None = None
     ) -> list | torch.Tensor | None:

@@ -28,12 +28,10 @@ import torch
 
 from towerzoo.evaluation.metrics.retrieval_recall.recall import retrieval_recall
 from towerzoo.evaluation.runner import (
-    BatchInputs,
     EvaluationError,
     RunOptions,
     ShardedRun,
     Timer,
-    autocast,
     count_truncated,
     default_cache_dir,
     file_fingerprint,
@@ -350,19 +348,10 @@ class _VideoRetrieval:
         self.stats = {"embedding_cache": {"path": str(self.cache_file), "reused": False}}
 
     def _sharded(self, num_examples: int, name: str, description: str, step, make_inputs):
+        """Run `step` over the examples in fixed batches, sharded and resumable; the tensor on the main process."""
         batches = plan_batches(num_examples, self.options.batch_size)
         run = ShardedRun(batches, self.work_dir / name, self.accelerator, description, tensor_records=True)
-
-        def loader_for(pending: list[int]):
-            dataset = BatchInputs(batches, pending, make_inputs)
-            return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.options.num_workers)
-
-        def on_device_step(batch) -> torch.Tensor:
-            inputs = {key: value.to(self.device) for key, value in batch.items()}
-            with torch.no_grad(), autocast(self.device, self.options.dtype):
-                return step(**inputs).float().cpu()
-
-        result = run.run(on_device_step, loader_for)
+        result = run.run_model(step, make_inputs, self.device, self.options.dtype, self.options.num_workers)
         self.stats[name] = {k: run.stats[k] for k in ("computed_batches", "resumed_batches")}
         return result
 

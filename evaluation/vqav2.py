@@ -6,6 +6,7 @@ Data in the official formats: the questions JSON (`{"data_subtype": "val2014", "
 `COCO_<data_subtype>_<image_id:012d>.jpg` (2014/2015 names) or `<image_id:012d>.jpg` (2017 names).
 """
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ from towerzoo.evaluation.runner import (
     RunOptions,
     ShardedRun,
     Timer,
-    autocast,
     file_fingerprint,
     fingerprint,
     load_model,
@@ -114,20 +114,11 @@ def dataset_split(questions: Path) -> str | None:
     return read_json(questions, "questions").get("data_subtype")
 
 
-class _Batches(torch.utils.data.Dataset):
-    """Item i = (batch id, processed inputs) of the i-th pending batch: DataLoader workers decode and process."""
-
-    def __init__(self, dataset: datasets.Dataset, batches: list[list[int]], batch_ids: list[int], processor):
-        self.dataset, self.batches, self.batch_ids, self.processor = dataset, batches, batch_ids, processor
-
-    def __len__(self) -> int:
-        return len(self.batch_ids)
-
-    def __getitem__(self, i: int):
-        batch_id = self.batch_ids[i]
-        rows = self.dataset[self.batches[batch_id]]
-        images = [open_image(path) for path in rows["image"]]
-        return batch_id, self.processor(images=images, text=rows["question"], return_tensors="pt")
+def question_inputs(dataset: datasets.Dataset, processor, indices: list[int]):
+    """The processed images and questions of some rows (run in DataLoader workers)."""
+    rows = dataset[indices]
+    images = [open_image(path) for path in rows["image"]]
+    return processor(images=images, text=rows["question"], return_tensors="pt")
 
 
 def check_answer_vocabulary(model, dataset: datasets.Dataset) -> dict[int, str]:
@@ -208,18 +199,12 @@ def evaluate_vqav2(options: VQAv2Options, accelerator=None) -> dict | None:
     batches = plan_batches(len(dataset), options.batch_size)
     run = ShardedRun(batches, work_dir, accelerator, description="VQAv2 batches")
 
-    def loader_for(pending: list[int]):
-        dataset_of_batches = _Batches(dataset, batches, pending, processor)
-        return torch.utils.data.DataLoader(dataset_of_batches, batch_size=None, num_workers=options.num_workers)
-
-    def step(inputs) -> list[str]:
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        with torch.no_grad(), autocast(device, options.dtype):
-            logits = model(**inputs).logits
-        return [id2label[i] for i in logits.float().argmax(-1).tolist()]
+    def step(**inputs) -> list[str]:
+        return [id2label[i] for i in model(**inputs).logits.float().argmax(-1).tolist()]
 
     with timer("inference"):
-        answers = run.run(step, loader_for)
+        make_inputs = functools.partial(question_inputs, dataset, processor)
+        answers = run.run_model(step, make_inputs, device, options.dtype, options.num_workers)
     if answers is None:
         return None
     predictions = [{"question_id": qid, "answer": a} for qid, a in zip(dataset["question_id"], answers, strict=True)]

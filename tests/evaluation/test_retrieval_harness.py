@@ -15,7 +15,7 @@ from transformers import AutoModelForPreTraining, AutoProcessor
 
 import towerzoo.models.bridgetower as bt
 import towerzoo.models.managertower as mt
-from towerzoo.evaluation import retrieval
+from towerzoo.evaluation import runner
 from towerzoo.evaluation.metrics import metric_path
 from towerzoo.evaluation.retrieval import RECALL_NAMES, RetrievalOptions, evaluate_retrieval
 from towerzoo.evaluation.runner import EvaluationError
@@ -169,7 +169,7 @@ def test_two_processes_give_the_single_process_result(setup, tmp_path):
 
 def test_killed_run_resumes_to_the_same_result(setup, tmp_path, monkeypatch):
     reference = evaluate_retrieval(_options(setup, tmp_path / "reference"))
-    load_batch = retrieval.BatchInputs.__getitem__
+    load_batch = runner.BatchInputs.__getitem__
 
     def killed_at(step: str, batch: int):
         loaded = {"batches": 0}
@@ -184,10 +184,10 @@ def test_killed_run_resumes_to_the_same_result(setup, tmp_path, monkeypatch):
         return load
 
     options = _options(setup, tmp_path / "resumed")
-    monkeypatch.setattr(retrieval.BatchInputs, "__getitem__", killed_at("texts", 3))
+    monkeypatch.setattr(runner.BatchInputs, "__getitem__", killed_at("texts", 3))
     with pytest.raises(KeyboardInterrupt):
         evaluate_retrieval(options)
-    monkeypatch.setattr(retrieval.BatchInputs, "__getitem__", killed_at("pair_batch", 4))
+    monkeypatch.setattr(runner.BatchInputs, "__getitem__", killed_at("pair_batch", 4))
     with pytest.raises(KeyboardInterrupt):
         evaluate_retrieval(options)
     assert not options.output.exists()
@@ -202,7 +202,7 @@ def test_killed_run_resumes_to_the_same_result(setup, tmp_path, monkeypatch):
 
 
 def test_killed_embedding_resumes(setup, tmp_path, monkeypatch):
-    load_batch = retrieval.BatchInputs.__getitem__
+    load_batch = runner.BatchInputs.__getitem__
     loaded = {"batches": 0}
 
     def killed_at_the_third_caption_batch(self, i):
@@ -213,7 +213,7 @@ def test_killed_embedding_resumes(setup, tmp_path, monkeypatch):
         return load_batch(self, i)
 
     options = _options(setup, tmp_path, rerank=False)
-    monkeypatch.setattr(retrieval.BatchInputs, "__getitem__", killed_at_the_third_caption_batch)
+    monkeypatch.setattr(runner.BatchInputs, "__getitem__", killed_at_the_third_caption_batch)
     with pytest.raises(KeyboardInterrupt):
         evaluate_retrieval(options)
     monkeypatch.undo()

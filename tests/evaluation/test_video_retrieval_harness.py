@@ -12,7 +12,7 @@ from evaluation_fixtures import run_eval_in_processes
 from safetensors.torch import load_file
 from video_fixtures import msrvtt_caption, tiny_vidla_folder, write_broken_videos, write_msrvtt, write_msrvtt_videos
 
-from towerzoo.evaluation import video_retrieval
+from towerzoo.evaluation import runner
 from towerzoo.evaluation.metrics import metric_path
 from towerzoo.evaluation.runner import EvaluationError
 from towerzoo.evaluation.video_retrieval import METRIC_NAMES, VideoRetrievalOptions, evaluate_video_retrieval
@@ -141,7 +141,7 @@ def test_two_processes_give_the_single_process_result(setup, tmp_path):
 
 def test_killed_run_resumes_and_embeddings_are_cached(setup, tmp_path, monkeypatch):
     reference = evaluate_video_retrieval(_options(setup, tmp_path / "reference", batch_size=2))
-    load_batch = video_retrieval.BatchInputs.__getitem__
+    load_batch = runner.BatchInputs.__getitem__
     loaded = {"batches": 0}
 
     def killed_at_the_second_text_batch(self, i):
@@ -152,7 +152,7 @@ def test_killed_run_resumes_and_embeddings_are_cached(setup, tmp_path, monkeypat
         return load_batch(self, i)
 
     options = _options(setup, tmp_path / "resumed", batch_size=2)
-    monkeypatch.setattr(video_retrieval.BatchInputs, "__getitem__", killed_at_the_second_text_batch)
+    monkeypatch.setattr(runner.BatchInputs, "__getitem__", killed_at_the_second_text_batch)
     with pytest.raises(KeyboardInterrupt):
         evaluate_video_retrieval(options)
     assert not options.output.exists()

@@ -80,16 +80,16 @@ def test_test_split_writes_the_submission_file(vqa_setup, tmp_path):
 def test_killed_run_resumes_to_the_same_result(vqa_setup, tmp_path, monkeypatch):
     reference = evaluate_vqav2(_options(vqa_setup, tmp_path / "reference"))
     loaded = {"batches": 0}
-    load_batch = vqav2._Batches.__getitem__
+    load_batch = vqav2.question_inputs
 
-    def killed_at_the_third_batch(self, i):
+    def killed_at_the_third_batch(*args):
         loaded["batches"] += 1
         if loaded["batches"] == 3:
             raise KeyboardInterrupt("killed")
-        return load_batch(self, i)
+        return load_batch(*args)
 
     options = _options(vqa_setup, tmp_path / "resumed")
-    monkeypatch.setattr(vqav2._Batches, "__getitem__", killed_at_the_third_batch)
+    monkeypatch.setattr(vqav2, "question_inputs", killed_at_the_third_batch)
     with pytest.raises(KeyboardInterrupt):
         evaluate_vqav2(options)
     assert not options.output.exists()
