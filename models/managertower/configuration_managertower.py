@@ -5,7 +5,7 @@ Defaults are the paper's base model (Xu et al., ACL 2023): RoBERTa-base, CLIP Vi
 768, adaptive managers (AAUE) over the top 6 layers of each tower with vector weights.
 """
 
-from .configuration_bridgetower import BridgeTowerConfig, BridgeTowerTextConfig, BridgeTowerVisionConfig
+from .configuration_bridgetower import BridgeTowerConfig
 from .manager import MANAGER_TYPES, WEIGHT_TYPES
 
 # Where ManagerTower's base model differs from BridgeTowerConfig's defaults (which follow transformers' port): the
@@ -47,7 +47,6 @@ class ManagerTowerConfig(BridgeTowerConfig):
     """
 
     model_type = "towerzoo_managertower"
-    sub_configs = {"text_config": BridgeTowerTextConfig, "vision_config": BridgeTowerVisionConfig}
 
     def __init__(
         self,
