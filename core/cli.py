@@ -1,4 +1,4 @@
-"""The `towerzoo` command line: `towerzoo convert SOURCE INPUT OUTPUT_DIR [...]`, `towerzoo demo`."""
+"""The `towerzoo` command line: `convert`, `eval`, `list`, `card`, `push`, `finetune`, `demo`."""
 
 import argparse
 import importlib
@@ -45,9 +45,12 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(["--output-dir", str(args.output_dir)] if args.output_dir else [])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from towerzoo.evaluation.cli import add_eval_parser
+# modules that add their own subcommands: each exposes `add_parsers(commands)` (argparse subparsers) and sets a
+# `handler(args) -> int` default on every parser it adds
+SUBCOMMAND_MODULES = ("towerzoo.evaluation.cli",)
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="towerzoo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="convert a checkpoint into a verified towerzoo Hub folder")
@@ -65,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-shard-size", default="5GB", help="split model.safetensors into shards of at most this size"
     )
     convert.set_defaults(handler=_convert)
-    add_eval_parser(commands)
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_parsers(commands)
     demo = commands.add_parser("demo", help="convert a small model and load it as a Hub user would (offline)")
     demo.add_argument("--output-dir", type=Path, help="keep the work here (default: a temporary folder)")
     demo.set_defaults(handler=_demo)

@@ -95,7 +95,7 @@ def _video_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_eval_parser(commands) -> None:
+def add_parsers(commands) -> None:
     """`towerzoo eval` and its tasks, on the main parser's subcommands."""
     evaluate = commands.add_parser(
         "eval", help="score a model on a benchmark (VQAv2, image-text retrieval, video-text retrieval)"

@@ -1,0 +1,1 @@
+"""Fine-tuning towerzoo models on `transformers.Trainer` (`towerzoo finetune TASK …`)."""
