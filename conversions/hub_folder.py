@@ -3,7 +3,10 @@
 
 import ast
 import json
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from transformers import PreTrainedModel, ProcessorMixin
@@ -96,3 +99,88 @@ def write_hub_folder(
         check_self_contained(tmp)
 
     return write_folder_atomically(Path(output_dir), fill, overwrite=overwrite)
+
+
+# Run by `check_folder_loads` as `python -I -c LOAD_CHECK_SCRIPT FOLDER`: loads the folder as a Hub user would, with
+# towerzoo blocked, and on failure prints one line, `STEP: ErrorType: message`, as its last line on stderr.
+LOAD_CHECK_SCRIPT = """
+import importlib.abc
+import json
+import os
+import sys
+
+
+class NoTowerzoo(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "towerzoo":
+            raise ImportError("towerzoo is imported, but a Hub user does not have it")
+
+
+sys.meta_path.insert(0, NoTowerzoo())
+folder = sys.argv[1]
+step = "AutoConfig"
+try:
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    saved = set(getattr(config, "architectures", None) or [])
+    for auto_class, reference in (getattr(config, "auto_map", None) or {}).items():
+        if auto_class == "AutoConfig":
+            continue
+        step = f"{auto_class} ({reference})"
+        class_name = reference.rsplit(".", 1)[-1]
+        model, info = getattr(transformers, auto_class).from_pretrained(
+            folder, trust_remote_code=True, output_loading_info=True
+        )
+        if type(model).__name__ != class_name:
+            raise TypeError(f"loaded {type(model).__name__}, not {class_name}")
+        # the saved class must match its weights exactly; other exposed classes must at least find all of theirs
+        kinds = ("missing_keys", "unexpected_keys", "mismatched_keys") if class_name in saved else ("missing_keys",)
+        problems = [
+            f"{len(info[kind])} {kind} ({', '.join(map(str, list(info[kind])[:3]))})" for kind in kinds if info.get(kind)
+        ]
+        if problems:
+            raise ValueError("the weights do not fit: " + "; ".join(problems))
+        del model
+    if any(os.path.isfile(os.path.join(folder, name)) for name in sys.argv[2:]):
+        step = "AutoProcessor"
+        transformers.AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+except Exception as error:
+    print(f"{step}: {type(error).__name__}: {' '.join(str(error).split())}", file=sys.stderr)
+    sys.exit(1)
+"""
+
+# files whose presence means the folder carries a processor (or a tokenizer / image processor of its own)
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def check_folder_loads(folder: Path, timeout: float = 1800) -> None:
+    """Load the folder as a Hub user would — config, every model class in `config.json`'s `auto_map` through its
+    Auto class, and the processor if there is one, with `trust_remote_code=True` — in a fresh isolated Python
+    process, offline, where towerzoo cannot be imported. Raises `ConversionError` with the child's error line."""
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise ConversionError(f"{folder} is not a folder.")
+    if not (folder / "config.json").is_file():
+        raise ConversionError(
+            f"{folder} has no config.json, so it is not a model folder (write one with `towerzoo convert`)."
+        )
+    with tempfile.TemporaryDirectory(prefix="towerzoo-load-check-") as work:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(Path(work) / "modules")}
+        try:
+            done = subprocess.run(
+                [sys.executable, "-I", "-c", LOAD_CHECK_SCRIPT, str(folder), *PROCESSOR_FILES],
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise ConversionError(f"loading {folder} in a fresh process took over {timeout:.0f} s.") from None
+    if done.returncode:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"the process exited with status {done.returncode}"
+        raise ConversionError(
+            f"{folder} does not load with trust_remote_code in a fresh process without towerzoo: {reason}"
+        )
