@@ -3,8 +3,9 @@
 CORPUS = ["a cat sits on the mat", "two dogs play in the park", "what color is the cat?", "how many dogs?"]
 
 
-def build_tiny_tokenizer(folder, vocab_size: int = 297) -> str:
-    """Train a byte-level BPE with RoBERTa's special tokens on a few sentences and save it; returns the folder."""
+def build_tiny_tokenizer(folder, vocab_size: int = 297, corpus: list[str] | None = None) -> str:
+    """Train a byte-level BPE with RoBERTa's special tokens on a few sentences (`corpus`, default `CORPUS`) and save
+    it; returns the folder."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import RobertaTokenizerFast
 
@@ -17,7 +18,7 @@ def build_tiny_tokenizer(folder, vocab_size: int = 297) -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(CORPUS, trainer)
+    tokenizer.train_from_iterator(CORPUS if corpus is None else corpus, trainer)
     tokenizer.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
     fast = RobertaTokenizerFast(
         tokenizer_object=tokenizer,

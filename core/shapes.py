@@ -1,0 +1,392 @@
+"""A procedural visual question answering and retrieval task: coloured shapes on a small canvas, written in the
+official on-disk formats the evaluation harnesses read (VQAv2 questions/annotations JSON with COCO-named images; a
+Karpathy-split JSON), so a small model can be trained and evaluated end to end offline.
+
+A scene holds 2-5 non-overlapping shapes (circle, square, triangle; five colours; at most three of a kind of shape),
+and no two scenes of a split hold the same objects, so every caption (which names every object) fits one image.
+Each image gets one question of each type, with answers balanced within the type across the split:
+
+- `color`  "what color is the circle?"         (a shape that occurs once)  → red, green, blue, yellow, purple
+- `count`  "how many squares are there?"                                    → 0, 1, 2, 3
+- `exists` "is there a red triangle?"          (absent pairs share a colour or a shape with a present object
+                                                 where the scene allows)     → yes, no
+- `shape`  "what shape is the blue object?"    (a colour that occurs once)  → circle, square, triangle
+
+Everything is deterministic in `seed` and the split's name (train and test with the same seed differ).
+"""
+
+import json
+import math
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 180),
+}
+SHAPES = ("circle", "square", "triangle")
+BACKGROUND = (235, 235, 235)
+MAX_PER_SHAPE = 3
+COUNT_WORDS = {1: "a", 2: "two", 3: "three"}
+# question type → (phrasings, the annotation's question_type and answer_type, the closed answer set)
+QUESTION_TYPES = {
+    "color": (("what color is the {}?", "which color is the {}?"), "what color is the", "other", tuple(COLORS)),
+    "count": (
+        ("how many {}s are there?", "how many {}s are in the picture?"),
+        "how many",
+        "number",
+        ("0", "1", "2", "3"),
+    ),
+    "exists": (("is there a {} {}?", "is there a {} {} in the picture?"), "is there a", "yes/no", ("yes", "no")),
+    "shape": (
+        ("what shape is the {} object?", "what is the shape of the {} object?"),
+        "what shape is",
+        "other",
+        SHAPES,
+    ),
+}
+# the answer vocabulary of a VQA head for this task (id2label order)
+ANSWERS = tuple(dict.fromkeys(answer for *_, answers in QUESTION_TYPES.values() for answer in answers))
+CAPTION_TEMPLATES = (
+    "{}",
+    "there {} {}",
+    "a picture of {}",
+    "an image with {}",
+    "{} on a gray background",
+    "a canvas with {}",
+    "{} drawn on a canvas",
+)
+CAPTIONS_PER_IMAGE = 5
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One object: its shape, colour name, centre (x, y) and the side of its bounding square, in pixels."""
+
+    shape: str
+    color: str
+    x: int
+    y: int
+    size: int
+
+    def box(self) -> tuple[int, int, int, int]:
+        half = self.size // 2
+        return self.x - half, self.y - half, self.x - half + self.size - 1, self.y - half + self.size - 1
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[Shape, ...]
+    canvas_size: int = 64
+
+    def inventory(self) -> Counter:
+        """How many objects of each (colour, shape) the scene holds."""
+        return Counter((o.color, o.shape) for o in self.objects)
+
+
+@dataclass(frozen=True)
+class Question:
+    question_type: str  # a key of QUESTION_TYPES
+    subject: tuple[str, ...]  # ("circle",) for color/count, ("red",) for shape, ("red", "circle") for exists
+    phrasing: int = 0
+
+    @property
+    def text(self) -> str:
+        return QUESTION_TYPES[self.question_type][0][self.phrasing].format(*self.subject)
+
+
+@dataclass(frozen=True)
+class Example:
+    image_id: int
+    scene: Scene
+    questions: tuple[tuple[Question, str], ...]  # (question, answer)
+    captions: tuple[str, ...]
+
+
+def answer(scene: Scene, question: Question) -> str | None:
+    """The answer to `question` about `scene`; None where the question has no single answer (the colour of a shape
+    that occurs twice, the shape of a colour that occurs twice or not at all)."""
+    return _answer(scene.inventory(), question)
+
+
+def _answer(inventory: Counter, question: Question) -> str | None:
+    kind, subject = question.question_type, question.subject
+    if kind == "count":
+        return str(sum(n for (_, shape), n in inventory.items() if shape == subject[0]))
+    if kind == "exists":
+        return "yes" if inventory[subject] else "no"
+    position = 1 if kind == "color" else 0  # match the shape, answer the colour; or the reverse
+    matches = [(pair, n) for pair, n in inventory.items() if pair[position] == subject[0]]
+    if len(matches) != 1 or matches[0][1] != 1:
+        return None
+    return matches[0][0][1 - position]
+
+
+def render(scene: Scene):
+    """The scene as an RGB PIL image (flat colours, no anti-aliasing: the pixel at each centre has its exact colour)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (scene.canvas_size, scene.canvas_size), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for o in scene.objects:
+        left, top, right, bottom = o.box()
+        color = COLORS[o.color]
+        if o.shape == "circle":
+            draw.ellipse((left, top, right, bottom), fill=color)
+        elif o.shape == "square":
+            draw.rectangle((left, top, right, bottom), fill=color)
+        else:
+            draw.polygon([(left, bottom), (right, bottom), (o.x, top)], fill=color)
+    return image
+
+
+def _split_rng(seed: int, split: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(split.encode())])
+
+
+def _random_inventory(rng: np.random.Generator, min_objects: int = 2, max_objects: int = 5) -> list[tuple[str, str]]:
+    colors = list(COLORS)
+    while True:
+        count = int(rng.integers(min_objects, max_objects + 1))
+        color_ids, shape_ids = rng.integers(len(colors), size=count), rng.integers(len(SHAPES), size=count)
+        if np.bincount(shape_ids).max() <= MAX_PER_SHAPE:
+            return [(colors[c], SHAPES[s]) for c, s in zip(color_ids.tolist(), shape_ids.tolist())]
+
+
+def _place(rng: np.random.Generator, objects: list[tuple[str, str]], canvas_size: int) -> Scene | None:
+    """Random sizes and positions without overlap (bounding squares at least 2 px apart); None if it did not fit."""
+    low, high = max(4, round(0.16 * canvas_size)), max(5, round(0.24 * canvas_size))
+    placed: list[Shape] = []
+    for color, shape in objects:
+        for _ in range(100):
+            size = int(rng.integers(low, high + 1))
+            half = size // 2
+            x = int(rng.integers(half + 1, canvas_size - size + half - 1))
+            y = int(rng.integers(half + 1, canvas_size - size + half - 1))
+            candidate = Shape(shape, color, x, y, size)
+            a = candidate.box()
+            if all(
+                a[2] + 2 < b[0] or b[2] + 2 < a[0] or a[3] + 2 < b[1] or b[3] + 2 < a[1]
+                for b in map(Shape.box, placed)
+            ):
+                placed.append(candidate)
+                break
+        else:
+            return None
+    return Scene(tuple(placed), canvas_size)
+
+
+def _subjects(inventory: Counter, kind: str, target: str) -> list[tuple[str, ...]]:
+    """The subjects whose question of type `kind` has answer `target` for a scene holding `inventory` (for `no`, hard negatives first:
+    absent pairs sharing a colour or a shape with a present object)."""
+    if kind in ("color", "count"):
+        subjects = [(shape,) for shape in SHAPES]
+    elif kind == "shape":
+        subjects = [(color,) for color in COLORS]
+    else:
+        subjects = [(color, shape) for color in COLORS for shape in SHAPES]
+    found = [s for s in subjects if _answer(inventory, Question(kind, s)) == target]
+    if kind == "exists" and target == "no":
+        hard = [s for s in found if any(s[0] == color or s[1] == shape for color, shape in inventory)]
+        found = hard or found
+    return found
+
+
+def _object_phrase(color: str, shape: str, count: int) -> str:
+    return f"{COUNT_WORDS[count]} {color} {shape}{'s' if count > 1 else ''}"
+
+
+def captions(scene: Scene, rng: np.random.Generator, num: int = CAPTIONS_PER_IMAGE) -> list[str]:
+    """`num` different captions naming every object of the scene, each from another template, objects in random
+    order ("two blue squares and a red circle", "a picture of a red circle and two blue squares", ...)."""
+    groups = sorted(scene.inventory().items())
+    templates = rng.permutation(len(CAPTION_TEMPLATES))[:num]
+    result = []
+    for template in templates:
+        order = [groups[i] for i in rng.permutation(len(groups))]
+        phrases = [_object_phrase(color, shape, count) for (color, shape), count in order]
+        listing = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+        if CAPTION_TEMPLATES[template].startswith("there"):
+            verb = "is" if order[0][1] == 1 else "are"
+            result.append(CAPTION_TEMPLATES[template].format(verb, listing))
+        else:
+            result.append(CAPTION_TEMPLATES[template].format(listing))
+    return result
+
+
+def _balanced_targets(rng: np.random.Generator, answers: tuple[str, ...], num: int) -> list[str]:
+    """`num` answers, each answer `num // len(answers)` or one more times, in random order."""
+    repeats = math.ceil(num / len(answers))
+    cycle = [a for _ in range(repeats) for a in rng.permutation(answers).tolist()]
+    return [str(a) for a in rng.permutation(cycle[:num])]
+
+
+def generate_examples(num_images: int, seed: int = 0, split: str = "test", canvas_size: int = 64) -> list[Example]:
+    """The split's scenes, questions (one per type, answers balanced per type) and captions (without images)."""
+    rng = _split_rng(seed, split)
+    targets = {kind: _balanced_targets(rng, spec[3], num_images) for kind, spec in QUESTION_TYPES.items()}
+    seen, examples = set(), []
+    for index in range(num_images):
+        while True:
+            objects = _random_inventory(rng)
+            inventory = Counter(objects)
+            key = tuple(sorted(inventory.items()))
+            if key in seen:
+                continue
+            options = {}
+            for kind in QUESTION_TYPES:
+                options[kind] = _subjects(inventory, kind, targets[kind][index])
+                if not options[kind]:
+                    break
+            else:
+                scene = _place(rng, objects, canvas_size)
+                if scene is not None:
+                    break
+        seen.add(key)
+        questions = []
+        for kind, subjects in options.items():
+            subject = subjects[int(rng.integers(len(subjects)))]
+            phrasing = int(rng.integers(len(QUESTION_TYPES[kind][0])))
+            questions.append((Question(kind, subject, phrasing), targets[kind][index]))
+        examples.append(Example(index + 1, scene, tuple(questions), tuple(captions(scene, rng))))
+    return examples
+
+
+def image_name(split: str, image_id: int) -> str:
+    """COCO's 2014 file name, which the VQAv2 harness looks up from `data_subtype` and the image id."""
+    return f"COCO_{split}_{image_id:012d}.jpg"
+
+
+def write_shapes_dataset(
+    out_dir: Path, num_images: int, seed: int = 0, split: str = "test", canvas_size: int = 64
+) -> dict[str, Path]:
+    """Generate a split and write it in the official formats under `out_dir`; several splits can share a folder.
+    Returns the paths: `questions`, `annotations` and `vqa_images` (`towerzoo eval vqav2 --questions --annotations
+    --images`), `karpathy` and `karpathy_images` (`towerzoo eval retrieval --karpathy --images --split`; the
+    Karpathy JSON names its entries' split `split`, so use train/val/test for the retrieval harness).
+
+    Images are JPEGs (quality 95, no chroma subsampling) because the VQAv2 harness finds images by COCO's `.jpg`
+    names; shape centres keep their colour within a few levels."""
+    out_dir = Path(out_dir)
+    examples = generate_examples(num_images, seed, split, canvas_size)
+    images = out_dir / "images" / split
+    images.mkdir(parents=True, exist_ok=True)
+    questions, annotations, entries, sentence_id = [], [], [], 0
+    for example in examples:
+        name = image_name(split, example.image_id)
+        render(example.scene).save(images / name, quality=95, subsampling=0)
+        for k, (question, target) in enumerate(example.questions):
+            question_id = example.image_id * 1000 + k
+            _, question_type, answer_type, _ = QUESTION_TYPES[question.question_type]
+            questions.append({"image_id": example.image_id, "question": question.text, "question_id": question_id})
+            annotations.append(
+                {
+                    "question_id": question_id,
+                    "image_id": example.image_id,
+                    "question_type": question_type,
+                    "answer_type": answer_type,
+                    "multiple_choice_answer": target,
+                    "answers": [{"answer": target, "answer_confidence": "yes", "answer_id": i + 1} for i in range(10)],
+                }
+            )
+        sentences = []
+        for caption in example.captions:
+            sentences.append(
+                {"raw": caption, "tokens": caption.split(), "imgid": example.image_id - 1, "sentid": sentence_id}
+            )
+            sentence_id += 1
+        entries.append(
+            {
+                "filepath": split,
+                "filename": name,
+                "imgid": example.image_id - 1,
+                "split": split,
+                "cocoid": example.image_id,
+                "sentids": [s["sentid"] for s in sentences],
+                "sentences": sentences,
+            }
+        )
+    info = {"description": f"towerzoo shapes, {num_images} images, seed {seed}", "version": "1.0"}
+    header = {"info": info, "task_type": "Open-Ended", "data_type": "shapes", "data_subtype": split}
+    paths = {
+        "questions": out_dir / f"v2_OpenEnded_shapes_{split}_questions.json",
+        "annotations": out_dir / f"v2_shapes_{split}_annotations.json",
+        "vqa_images": images,
+        "karpathy": out_dir / f"dataset_shapes_{split}.json",
+        "karpathy_images": out_dir / "images",
+    }
+    paths["questions"].write_text(json.dumps({**header, "questions": questions}))
+    paths["annotations"].write_text(json.dumps({**header, "annotations": annotations}))
+    paths["karpathy"].write_text(json.dumps({"images": entries, "dataset": "shapes"}))
+    return paths
+
+
+def vqa_baselines(annotations: Path) -> dict[str, dict[str, float]]:
+    """Accuracy in percent of two blind baselines that know each question's type, per question type
+    (`what color is the`, ...), per answer type (as the VQAv2 harness reports) and overall: `chance` answers
+    uniformly from the type's answers, `majority` gives the type's most common answer in these annotations."""
+    rows = json.loads(Path(annotations).read_text())["annotations"]
+    answer_sets = {spec[1]: spec[3] for spec in QUESTION_TYPES.values()}
+    by_type: dict[str, Counter] = {}
+    for row in rows:
+        by_type.setdefault(row["question_type"], Counter())[row["multiple_choice_answer"]] += 1
+    per_question = {
+        kind: (1 / len(answer_sets[kind]), counts.most_common(1)[0][1] / counts.total())
+        for kind, counts in by_type.items()
+    }
+    groups = {"per_question_type": {}, "per_answer_type": {}, "overall": {}}
+    for row in rows:
+        scores = per_question[row["question_type"]]
+        for group, key in (("per_question_type", row["question_type"]), ("per_answer_type", row["answer_type"])):
+            groups[group].setdefault(key, []).append(scores)
+        groups["overall"].setdefault("all", []).append(scores)
+
+    def mean(scores: list[tuple[float, float]]) -> dict[str, float]:
+        return {
+            name: round(100 * float(np.mean([s[i] for s in scores])), 2)
+            for i, name in enumerate(("chance", "majority"))
+        }
+
+    result = {group: {key: mean(scores) for key, scores in values.items()} for group, values in groups.items()}
+    result["overall"] = result["overall"]["all"]
+    return result
+
+
+def retrieval_chance(num_images: int, captions_per_image: int = CAPTIONS_PER_IMAGE) -> dict[str, float]:
+    """Expected recall in percent of a random ranking, in the retrieval harness's names: `ir_r{k}` (caption → image)
+    is k/N; `tr_r{k}` (image → captions, found when any of its captions is in the top k) is
+    1 - C(M - c, k) / C(M, k) for M captions, c per image; `r_mean` their mean."""
+    num_captions = num_images * captions_per_image
+    result = {}
+    for k in (1, 5, 10):
+        top = min(k, num_captions)
+        result[f"tr_r{k}"] = 100 * (
+            1 - math.comb(num_captions - captions_per_image, top) / math.comb(num_captions, top)
+        )
+    for k in (1, 5, 10):
+        result[f"ir_r{k}"] = 100 * min(k, num_images) / num_images
+    result["r_mean"] = sum(result.values()) / 6
+    return {name: round(value, 2) for name, value in result.items()}
+
+
+def tokenizer_corpus() -> list[str]:
+    """Questions and captions covering the task's vocabulary, for training its tokenizer."""
+    texts = []
+    for example in generate_examples(200, seed=0, split="tokenizer"):
+        texts += [question.text for question, _ in example.questions] + list(example.captions)
+    return texts
+
+
+def build_shapes_tokenizer(folder: Path) -> str:
+    """A RoBERTa-style byte-level BPE trained on the task's texts (every word of the task one token); returns the
+    folder."""
+    from towerzoo.tiny import build_tiny_tokenizer
+
+    return build_tiny_tokenizer(folder, vocab_size=400, corpus=tokenizer_corpus())
