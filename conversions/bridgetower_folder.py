@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, CLIPImageProcessor, ProcessorMixin
 import towerzoo
 from towerzoo.conversions.common import ConversionError, load_strict, read_labels
 from towerzoo.conversions.hub_folder import write_hub_folder
+from towerzoo.hub_cards.card import write_card
 from towerzoo.models.bridgetower import BridgeTowerConfig
 
 # head → (parameter prefix, single-head class without the architecture prefix)
@@ -149,21 +150,14 @@ def save_bridgetower(
         model.config.id2label = read_labels(labels, model.config.num_labels)
         model.config.label2id = {label: index for index, label in model.config.id2label.items()}
     processor = build_processor(tokenizer, model.config, max_text_length) if tokenizer else None
-    architecture = model_package(model.config)[1]
-    card = (
-        f"---\nlibrary_name: transformers\ntags:\n- towerzoo\n- {architecture.lower()}\n---\n\n"
-        f"# {Path(output_dir).name}\n\n"
-        f"{architecture} converted by towerzoo from `{verification['source_format']}`; outputs match "
-        f"{verification['reference']} to {verification['max_abs_diff']:.2e} (fp32, see verification.json).\n"
-        "Load with `AutoModel.from_pretrained(path, trust_remote_code=True)`.\n"
-    )
-    return write_hub_folder(
+    folder = write_hub_folder(
         model,
         output_dir,
         exposed=exposed_classes(model),
         processor=processor,
         verification=verification,
-        card=card,
         overwrite=overwrite,
         max_shard_size=max_shard_size,
     )
+    write_card(folder)  # the model card (README.md), from the written folder
+    return folder

@@ -4,6 +4,7 @@ import argparse
 import importlib
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 # conversion source → module in towerzoo.conversions exposing
@@ -16,20 +17,60 @@ CONVERTERS = {
 }
 
 
+def _convert_options(args: argparse.Namespace, scratch: Path) -> tuple[str, Path | None]:
+    """The source format and labels file of a conversion: from SOURCE and --labels, or from the --entry's registry
+    record (a label set the registry holds is written into `scratch` when --labels is not given)."""
+    from towerzoo.conversions.common import ConversionError
+    from towerzoo.registry import get_entry
+
+    if args.entry is None:
+        if args.source is None:
+            raise ConversionError("give the SOURCE format or --entry NAME (towerzoo list shows the entries).")
+        return args.source, args.labels
+    entry = get_entry(args.entry)
+    if entry.source.format is None:
+        raise ConversionError(
+            f"zoo entry {entry.name!r} is not converted from a checkpoint ({entry.source.checkpoint})."
+        )
+    if args.source is not None and args.source != entry.source.format:
+        raise ConversionError(
+            f"zoo entry {entry.name!r} is a {entry.source.format} checkpoint, not {args.source}; drop SOURCE."
+        )
+    labels = args.labels
+    if labels is None and entry.labels is not None:
+        if entry.labels.names is None:
+            raise ConversionError(
+                f"zoo entry {entry.name!r} has a classifier of {entry.labels.size} outputs: pass --labels with "
+                f"{entry.labels.source}."
+            )
+        labels = scratch / "labels.json"
+        labels.write_text(json.dumps(list(entry.labels.names)))
+    if args.tokenizer is None and entry.tokenizer is not None:
+        print(f"note: no --tokenizer: the folder gets no processor files (this entry's tokenizer: {entry.tokenizer})")
+    return entry.source.format, labels
+
+
 def _convert(args: argparse.Namespace) -> int:
     from towerzoo.conversions.common import ConversionError
+    from towerzoo.hub_cards.card import CardError, record_entry, write_card
+    from towerzoo.registry import RegistryError
 
-    module = importlib.import_module(f"towerzoo.conversions.{CONVERTERS[args.source]}")
     try:
-        output = module.run(
-            Path(args.input),
-            Path(args.output_dir),
-            tokenizer=args.tokenizer,
-            overwrite=args.overwrite,
-            max_shard_size=args.max_shard_size,
-            labels=args.labels,
-        )
-    except ConversionError as error:
+        with tempfile.TemporaryDirectory(prefix="towerzoo-convert-") as scratch:
+            source, labels = _convert_options(args, Path(scratch))
+            module = importlib.import_module(f"towerzoo.conversions.{CONVERTERS[source]}")
+            output = module.run(
+                Path(args.input),
+                Path(args.output_dir),
+                tokenizer=args.tokenizer,
+                overwrite=args.overwrite,
+                max_shard_size=args.max_shard_size,
+                labels=labels,
+            )
+        if args.entry is not None:
+            record_entry(output, args.entry)
+        write_card(output)
+    except (ConversionError, RegistryError, CardError) as error:
         print(f"towerzoo convert: error: {error}", file=sys.stderr)
         return 2
     verification = json.loads((output / "verification.json").read_text())
@@ -47,18 +88,27 @@ def _demo(args: argparse.Namespace) -> int:
 
 # modules that add their own subcommands: each exposes `add_parsers(commands)` (argparse subparsers) and sets a
 # `handler(args) -> int` default on every parser it adds
-SUBCOMMAND_MODULES = ("towerzoo.evaluation.cli",)
+SUBCOMMAND_MODULES = (
+    "towerzoo.evaluation.cli",
+    "towerzoo.registry",
+    "towerzoo.hub_cards.card",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="towerzoo", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="convert a checkpoint into a verified towerzoo Hub folder")
-    convert.add_argument("source", choices=sorted(CONVERTERS), help="the input checkpoint's format")
+    convert.add_argument(
+        "source", nargs="?", choices=sorted(CONVERTERS), help="the input checkpoint's format (or give --entry)"
+    )
     convert.add_argument("input", help="checkpoint file or folder")
     convert.add_argument("output_dir", help="where to write the Hub folder (written atomically)")
     convert.add_argument("--tokenizer", type=Path, help="tokenizer folder; adds processor files to the output")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    convert.add_argument(
+        "--entry", help="zoo entry being converted (towerzoo list): gives the format and labels, and names the card"
+    )
     convert.add_argument(
         "--labels",
         type=Path,
