@@ -92,6 +92,7 @@ SUBCOMMAND_MODULES = (
     "towerzoo.evaluation.cli",
     "towerzoo.registry",
     "towerzoo.hub_cards.card",
+    "towerzoo.training.cli",
 )
 
 
