@@ -3,7 +3,8 @@
 `load_registry()` reads and checks it; `get_entry(name)` looks one entry up; `towerzoo list` prints it. Conversion
 (`towerzoo convert --entry`), cards (`towerzoo card`) and the tests iterate over it.
 
-The file has four sections: `datasets` (key → display `name`, optional `hub_id`), `papers` (key → `title`, `arxiv`,
+The file has four sections: `datasets` (key → display `name`, optional `hub_id` and `aliases`: the names data
+files give it), `papers` (key → `title`, `arxiv`,
 optional `code`, `bibtex`), `label_sets` (key → `names` in index order, or `count` and `source`), and `entries`
 (name → fields below). Top-level keys starting with `_` are YAML anchors only.
 
@@ -47,6 +48,7 @@ class Dataset:
     key: str
     name: str
     hub_id: str | None = None
+    aliases: tuple[str, ...] = ()  # other names data files give it (a Karpathy JSON's "dataset")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,10 +177,15 @@ def _section(raw: dict, name: str) -> dict:
 
 
 def _read_datasets(raw: dict) -> dict[str, Dataset]:
-    datasets = {}
+    datasets, names = {}, set()
     for key, data in _section(raw, "datasets").items():
-        fields = _Fields(data, f"dataset '{key}'", ("name",), ("hub_id",))
-        datasets[key] = Dataset(key, fields.get("name", str), fields.get("hub_id", str))
+        fields = _Fields(data, f"dataset '{key}'", ("name",), ("hub_id", "aliases"))
+        aliases = tuple(fields.get("aliases", list, []))
+        taken = sorted(names & {key, *aliases})
+        if taken or not all(isinstance(alias, str) for alias in aliases):
+            raise RegistryError(f"dataset '{key}', field 'aliases': {taken or aliases} is taken or not a string")
+        names |= {key, *aliases}
+        datasets[key] = Dataset(key, fields.get("name", str), fields.get("hub_id", str), aliases)
     return datasets
 
 
@@ -305,9 +312,9 @@ def load_registry(path: Path | None = None) -> dict[str, Entry]:
     return dict(_load(Path(path) if path is not None else REGISTRY_PATH)[0])
 
 
-def get_dataset(key: str) -> Dataset | None:
-    """The registry's dataset of that key (display name, Hub id), if it has one."""
-    return dict(_load(REGISTRY_PATH)[1]).get(key)
+def get_dataset(name: str) -> Dataset | None:
+    """The registry's dataset with that key or alias (display name, Hub id), if it has one."""
+    return next((d for _, d in _load(REGISTRY_PATH)[1] if name == d.key or name in d.aliases), None)
 
 
 @functools.lru_cache(maxsize=4)

@@ -205,18 +205,12 @@ def read_results(path: Path, folder: Path, entry: Entry | None = None) -> Measur
             else ""
         )
         raise CardError(f"{path} holds no metrics{hint}.")
-    numbers = {key: float(v) for key, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    dual = results.get("dual_softmax_metrics") or {}
-    numbers.update(
-        {
-            DUAL_SOFTMAX + key: float(v)
-            for key, v in dual.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-    )
+    numbers = {**_numbers(metrics), **_numbers(results.get("dual_softmax_metrics") or {}, DUAL_SOFTMAX)}
     if not numbers:
         raise CardError(f"{path}: `metrics` holds no numbers.")
-    dataset = results.get("dataset") or _default_dataset(task, entry)
+    named = results.get("dataset")
+    known = get_dataset(named) if isinstance(named, str) else None
+    dataset = known.key if known else named or _default_dataset(task, entry)
     if dataset is None:
         raise CardError(f"{path}: no `dataset` field, and {task} results need one.")
     if entry is not None and entry.task(task, dataset) is None:
@@ -227,6 +221,13 @@ def read_results(path: Path, folder: Path, entry: Entry | None = None) -> Measur
         )
     split = results.get("split")
     return Measured(path, task, str(dataset), str(split) if split is not None else None, numbers)
+
+
+def _numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """The numeric entries of a metrics mapping (nested breakdowns and flags left out), keys prefixed."""
+    return {
+        prefix + k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def _default_dataset(task: str, entry: Entry | None) -> str | None:
@@ -279,20 +280,18 @@ def eval_results(runs: Sequence[Measured]) -> list[EvalResult]:
 
 
 def pipeline_tag(config: dict) -> str:
+    """The Hub pipeline tag of the folder's saved class (a pre-training model's by its heads)."""
     architecture = config["architectures"][0]
-    if architecture.endswith("ForPreTraining"):
-        heads = config.get("pretraining_heads") or []
-        return (
-            "zero-shot-image-classification"
-            if "itc" in heads
-            else "fill-mask"
-            if "mlm" in heads
-            else "feature-extraction"
-        )
+    heads = (config.get("pretraining_heads") or []) if architecture.endswith("ForPreTraining") else []
+    if "itc" in heads:
+        return "zero-shot-image-classification"
+    if "mlm" in heads:
+        return "fill-mask"
     return next((tag for suffix, tag in PIPELINE_TAGS.items() if architecture.endswith(suffix)), "feature-extraction")
 
 
 def card_data(config: dict, entry: Entry | None, runs: Sequence[Measured], name: str) -> ModelCardData:
+    """The card's YAML metadata, model-index included."""
     architecture = _architecture(config)
     tags = ["towerzoo", architecture, "custom_code", "video-text" if architecture == "vidla" else "vision-language"]
     if entry is not None and entry.paper is not None:

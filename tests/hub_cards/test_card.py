@@ -136,6 +136,20 @@ def test_paper_number_next_to_the_measured_one(zoo):
     assert "This folder has no verification.json." in text
 
 
+def test_demo_entry_card_takes_the_datasets_own_name(zoo, tmp_path):
+    """The demo's model is trained here: no conversion record, no paper numbers; its retrieval data call themselves
+    "shapes" (a registry alias of towerzoo-shapes)."""
+    folder = tmp_path / "demo"
+    shutil.copytree(zoo["retrieval"], folder)
+    results = _results(tmp_path, zoo["retrieval_results"], dataset="shapes", model=str(folder))
+    text = write_card(folder, [results], entry="towerzoo-shapes-bridgetower").read_text()
+    metadata = front_matter(folder / "README.md")
+    assert metadata["license"] == "apache-2.0" and "datasets" not in metadata
+    assert {r["dataset"]["type"] for r in metadata["model-index"][0]["results"]} == {"towerzoo-shapes"}
+    assert "| retrieval | towerzoo shapes (procedurally generated) | test | text→image R@1 |" in text
+    assert "Not converted: towerzoo demo (trained in this repository)." in text
+
+
 def test_card_without_entry_or_results(zoo, tmp_path):
     folder = tmp_path / "plain"
     shutil.copytree(zoo["vqa"], folder)

@@ -172,6 +172,10 @@ BREAKAGES = {
         lambda raw: raw["entries"].update({"BridgeTower Base": raw["entries"]["bridgetower-base"]}),
         r"entry 'BridgeTower Base': names are lower-case",
     ),
+    "dataset alias": (
+        lambda raw: raw["datasets"]["coco"].update(aliases=["shapes"]),
+        r"dataset 'towerzoo-shapes', field 'aliases': \['shapes'\] is taken or not a string",
+    ),
     "label set": (
         lambda raw: raw["label_sets"]["nlvr2"].update(count=2),
         r"label set 'nlvr2': give either 'names'",
