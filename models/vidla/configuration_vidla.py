@@ -8,6 +8,7 @@ CLIP ViT-B/16 towers, U = 3 levels of V = 4 multi-scale temporal ([MST]) tokens 
 from transformers import PretrainedConfig
 
 MST_LEVEL_ATTENTION = ("finer", "coarser", "all", "none")
+ATTENTION_LAYOUTS = ("blocked", "dense")
 
 
 class VidLATextConfig(PretrainedConfig):
@@ -63,7 +64,7 @@ class VidLATextConfig(PretrainedConfig):
 
 
 class VidLAVisionConfig(PretrainedConfig):
-    r"""Video tower: OpenAI CLIP's ViT applied to every frame, with VidLA's temporal modelling (paper Sec. 3.2).
+    r"""Video tower: OpenAI CLIP's ViT applied to every frame, with VidLA's temporal modelling (paper Sec. 4).
 
     The token sequence is `[CLS]`, then `mst_num_levels * mst_tokens_per_level` [MST] tokens, then the patches of
     every frame (frame-major). See `modeling_vidla.py` for the equations and the attention masks.
@@ -81,7 +82,7 @@ class VidLAVisionConfig(PretrainedConfig):
         attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities.
         initializer_range (`float`, defaults to 0.02): std of the patch embedding and of new embeddings.
         num_frames (`int`, defaults to 32): rows of the temporal position table, i.e. the most frames a clip may have
-            (the paper samples 12 frames in pre-training and 32 in fine-tuning).
+            (the paper samples 12 frames in pre-training, Sec. 5, and 32 in retrieval fine-tuning, App. A.2).
         temporal_attention (`bool`, defaults to `True`): run the spatially-local temporal attention (each patch
             attends to the patches at the same spatial position in the other frames) before CLIP's attention in
             every block. Its output projection starts at zero, so it is neutral until trained.
@@ -91,11 +92,20 @@ class VidLAVisionConfig(PretrainedConfig):
         mst_temporal_scale (`int`, defaults to 2): r; the tokens of level u (u = 0 … U-1) see the patches of frames
             0, r^u, 2 r^u, … (level 0 sees every frame).
         mst_level_attention (`str`, defaults to `"finer"`): which other levels' [MST] tokens an [MST] token sees
-            (always its own level's): `"finer"` the levels below it (a coarse token summarises finer summaries),
-            `"coarser"` the levels above it, `"all"` every level, `"none"` none. The paper's text and its figure
-            disagree on the direction; see `modeling_vidla.py`.
+            (always its own level's): `"finer"` the levels below it (smaller index, denser frames: the paper's mask
+            equation in Sec. 4), `"coarser"` the levels above it (the reading of the paper's Fig. 3 caption), `"all"`
+            every level, `"none"` none. See `modeling_vidla.py`.
         patches_attend_to_mst (`bool`, defaults to `True`): patches also see every [MST] token in CLIP's attention
-            (besides `[CLS]` and the patches of their own frame).
+            (besides the patches of their own frame), as the paper does.
+        patches_attend_to_cls (`bool`, defaults to `True`): patches also see `[CLS]` in CLIP's attention, as the
+            paper's mask equation (Sec. 4) and CLIP do; `False` follows the paper's prose, which keeps [CLS] from
+            patches. See `modeling_vidla.py`.
+        attention_layout (`str`, defaults to `"blocked"`): how CLIP's attention under the VidLA mask is computed;
+            both layouts give the same outputs. `"blocked"`: the patches of each frame attend to their frame and to
+            the [CLS]/[MST] tokens they may see, all frames as one batch and without a mask (so every backend runs
+            it, flash included), and the few [CLS]/[MST] rows attend to their allowed keys; cost linear in the number
+            of frames. `"dense"`: one attention over all `1 + U·V + T·N` tokens under the full mask, quadratic in the
+            number of frames and not available on flash backends; the reference the blocked layout is tested against.
     """
 
     model_type = "towerzoo_vidla_vision_model"
@@ -121,10 +131,14 @@ class VidLAVisionConfig(PretrainedConfig):
         mst_temporal_scale: int = 2,
         mst_level_attention: str = "finer",
         patches_attend_to_mst: bool = True,
+        patches_attend_to_cls: bool = True,
+        attention_layout: str = "blocked",
         **kwargs,
     ):
         if mst_level_attention not in MST_LEVEL_ATTENTION:
             raise ValueError(f"mst_level_attention must be one of {MST_LEVEL_ATTENTION}, got {mst_level_attention!r}.")
+        if attention_layout not in ATTENTION_LAYOUTS:
+            raise ValueError(f"attention_layout must be one of {ATTENTION_LAYOUTS}, got {attention_layout!r}.")
         if mst_temporal_scale < 1 or num_frames < 1 or mst_num_levels < 0 or mst_tokens_per_level < 0:
             raise ValueError(
                 "num_frames and mst_temporal_scale must be >= 1, mst_num_levels and mst_tokens_per_level >= 0; got "
@@ -148,6 +162,8 @@ class VidLAVisionConfig(PretrainedConfig):
         self.mst_temporal_scale = mst_temporal_scale
         self.mst_level_attention = mst_level_attention
         self.patches_attend_to_mst = patches_attend_to_mst
+        self.patches_attend_to_cls = patches_attend_to_cls
+        self.attention_layout = attention_layout
         super().__init__(**kwargs)
 
     @property

@@ -1,62 +1,77 @@
 # Copyright 2026 The towerzoo authors. Licensed under the Apache License, Version 2.0.
 r"""VidLA (Rizve et al., "VidLA: Video-Language Alignment at Scale", CVPR 2024, arXiv 2403.14870) as a Hub-native
-model: two CLIP towers, the video tower extended with hierarchical temporal attention (paper Sec. 3.2).
+model: two CLIP towers, the video tower extended with the paper's hierarchical temporal attention (Sec. 4, Fig. 3).
 
-What this file computes (B batch, T frames, N patches per frame, D width, U levels of V [MST] tokens, scale r):
+Written against the text of arXiv 2403.14870v1: Sec. 4 ("Method": Preliminaries, Eqs. (1)-(3)), Sec. 5
+("Implementation Details") and Appendix A. Notation: B batch, T frames, N patches per frame, D width, U levels of V
+[MST] tokens, temporal scale r. Defaults U = 3, V = 4, r = 2 (Sec. 5); the paper samples 12 frames per clip in
+pre-training (Sec. 5) and 32 in retrieval fine-tuning (App. A.2).
 
-Input tokens (Sec. 3.2, "video encoder"). Frame t is cut into patches as CLIP does; patch n of frame t becomes
-    x_{t,n} = E p_{t,n} + P^spatial_n + P^temporal_t
-with CLIP's spatial table P^spatial and a new temporal table P^temporal (zero at initialisation, so a single frame
-looks exactly like a CLIP image). The sequence is
-    z = [ [CLS] + P^spatial_0 ;  m_1 … m_{UV} ;  x_{0,1} … x_{0,N} ; … ; x_{T-1,1} … x_{T-1,N} ]
-where m_{u·V+v} is [MST] token v of level u (u = 0 … U-1), a learned vector without position. CLIP's pre-LayerNorm
-follows.
+Input tokens (Sec. 4, Preliminaries). Patch n of frame t becomes
+    x_{t,n} = E p_{t,n} + P^s_n + P^t_t
+with CLIP's patch embedding E and spatial table P^s, and a new temporal table P^t. The 1 + UV + TN tokens are
+    Z^0 = [ z_cls ; m_0 … m_{UV-1} ; x_{0,0} … x_{0,N-1} ; … ; x_{T-1,0} … x_{T-1,N-1} ]
+where m_i, the i-th [MST] token, belongs to level ⌊i/V⌋ (levels 0 … U-1) and is a learned vector without position,
+and z_cls is CLIP's class embedding plus its spatial position 0. CLIP's pre-LayerNorm follows.
 
-Each block l (pre-LN, as CLIP's):
- 1. spatially-local temporal attention (Sec. 3.2, "factorised space-time attention"), patches only, for every
-    spatial position n over the frames:
-        x_{·,n} <- x_{·,n} + TAttn_l(LN^t_l(x_{·,n}))
-    TAttn_l has its own q/k/v/o weights (new, not CLIP's); its output projection starts at zero, so the block starts as
-    CLIP's.
- 2. global attention with CLIP's weights, restricted by the mask M:
-        z <- z + Attn_l(LN1_l(z), M)
- 3. z <- z + MLP_l(LN2_l(z)).
-Video embedding: e_v = W_v LN_post(z_[CLS]) (CLIP's visual projection). Text embedding: CLIP's text transformer
-(causal mask, plus the padding mask), final LayerNorm, state at the end-of-text token, text projection: e_t.
+Block l, Eqs. (1) and (2):
+ (1) spatially local temporal attention over the patches only ([CLS] and [MST] set aside):
+        Z_SlT = MMSA(LN_t(Z^{l-1}_patches), M_T) + Z^{l-1}_patches,   (M_T)_{ij} = 0 if |i - j| ≡ 0 (mod N), else -inf
+     so each patch attends to the patches at its spatial position in every frame, itself included. New q/k/v/o
+     projections and LayerNorm (not CLIP's). MMSA(Z, M) = softmax(Q K^T / sqrt(d_head) + M) V.
+ (2) global spatio-temporal attention with CLIP's weights, [CLS] and [MST] put back in front (Z'), then CLIP's MLP:
+        Z_GST = MMSA(LN_1(Z'), M) + Z',    Z^l = MLP(LN_2(Z_GST)) + Z_GST.
+Video embedding: e_v = W_v LN_post(Z^L_cls), CLIP's post-LayerNorm and visual projection of the last [CLS].
+Text embedding: CLIP's text transformer, unchanged (causal, pooled at the end-of-text token, projected): e_t.
 
-The mask M (query row sees key column), Sec. 3.2 "[MST] tokens" and "temporal hierarchy":
-  * [CLS] sees every token.
-  * a patch of frame t sees [CLS], the patches of frame t, and (with `patches_attend_to_mst`) every [MST] token.
-  * an [MST] token of level u sees the patches of frames t with t mod r^u = 0, the [MST] tokens of its own level,
-    and the [MST] tokens of other levels as `mst_level_attention` says.
-  * padded frames (`video_mask` = 0) are never keys, in either attention; padded positions' outputs are unused.
-Loss (Sec. 3.3): symmetric InfoNCE with learned temperature τ = exp(-logit_scale),
-    L = ½ [ CE(e_t e_v^T / τ, I) + CE(e_v e_t^T / τ, I) ]  on L2-normalised embeddings.
-The paper sums this over two texts per clip (the subtitle summary and the caption summary): call the model once per
-text and add the losses.
+The mask M of Eq. (2), row = query, column = key, stacked as [M_cls; M_mst; M_patch]:
+  * [CLS]: M_cls = 0, it sees every token (itself included).
+  * [MST] token i, of level u = ⌊i/V⌋: the patches of the frames t with t mod r^u = 0 (level 0 every frame, level u
+    every r^u-th frame counted from frame 0), the [MST] tokens j with ⌊j/V⌋ <= u (its own level and the ones below),
+    and not [CLS] (a -inf column in the paper's M_mst).
+  * a patch of frame t: the patches of frame t, every [MST] token, and [CLS] (see the first choice below).
+  * padded frames (`video_mask` = 0) are never keys, in either attention; the outputs at their positions are unused.
+Loss (Eq. (3), Sec. 4 "Pretraining Objective"): with L2-normalised embeddings and learned temperature τ,
+    L_vt = (1/B) Σ_i [ -log softmax_j(e_v,i · e_t,j / τ)_i  -  log softmax_j(e_t,i · e_v,j / τ)_i ]
+the sum of the two directions' cross-entropies (no factor 1/2). The paper adds L_vs + L_vc over two texts per clip
+(the subtitle summary and the caption summary): call the model once per text and add the losses.
 
-Choices where the paper leaves room (a careful reader's; each is an option where it is one):
-  * Patches see [CLS]. The paper names what patches attend to without [CLS]; CLIP's patches see it, and without it
-    one frame with no [MST] tokens would not reproduce CLIP, which is the point of initialising from CLIP.
-  * [MST] tokens do not see [CLS] (the paper lists only patches and [MST] tokens for them).
-  * Levels are counted from 0: level 0 sees every frame, level u every r^u-th frame starting at frame 0.
-  * Direction of the level mask: the text lets an [MST] token aggregate the tokens of the finer levels (its summary
-    is built from shorter-range summaries), the figure caption reads the other way. Default `"finer"` (level u
-    sees levels < u); `"coarser"`, `"all"` and `"none"` are there to follow the other reading or ablate it.
-  * [MST] tokens start from CLIP's class token plus small noise (converter `vidla-from-clip`; see there), so a level's
-    V tokens differ and do not receive identical gradients; a randomly initialised model draws them like CLIP's class
-    token.
-  * Clips shorter than the batch are padded at the end and marked in `video_mask`; the stride counts from frame 0,
-    so a padded clip gives the same outputs as the same clip alone.
+Where the paper leaves room, a careful reader's choice (an option wherever the other reading is plausible):
+  * Patches and [CLS]. Eq. (2) writes M_patch = [0, M_G] with a zero block over the [CLS] and [MST] columns, so
+    patches see [CLS]; the prose right after the equations, Fig. 3's caption and Sec. 1 say that patches attend to
+    their frame and the [MST] tokens only, keeping [CLS] an aggregator. Default: the equation
+    (`patches_attend_to_cls=True`), which is also what CLIP's patches do, so that one frame without [MST] tokens is
+    exactly CLIP; `patches_attend_to_cls=False` follows the prose.
+  * Direction of the level mask. The equation for M_mst (0 where ⌊i/V⌋ >= ⌊j/V⌋) and the prose ("lower
+    hierarchies") let level u see the levels up to u: `mst_level_attention="finer"`, the default. Fig. 3's caption
+    has [MST]-0 attend to the tokens "of lower temporal resolution", i.e. the other way (`"coarser"`); `"all"` and
+    `"none"` are ablations.
+  * Initialisation (Sec. 5). Both towers from OpenAI CLIP. The paper zeroes "the projection matrices" of the
+    temporal attention; zeroing q, k, v and o together would leave only o's bias a gradient, so only the output
+    projection starts at zero (q/k/v drawn as CLIP draws them): the block starts as CLIP's either way. Temporal
+    positions start at zero (the paper does not say). The paper initialises the [MST] tokens randomly;
+    `_init_weights` draws them as CLIP draws its class embedding, N(0, D^-1). (The converter `vidla-from-clip`
+    starts them at CLIP's class token plus small noise instead: its choice, not the paper's.)
+  * LayerNorms. Eq. (1) does not say whose LN it applies: the temporal attention has its own. Eq. (2) writes the MLP
+    without a LayerNorm and the video embedding as a projection of [CLS]: CLIP's LN_2 and post-LayerNorm are kept,
+    as starting from CLIP requires.
+  * Clips of different lengths (the paper samples a fixed number of frames): shorter clips are padded at the end and
+    marked in `video_mask`; strides count from frame 0, so a padded clip gives the same outputs as the clip alone.
 
-Attention backends: every attention call dispatches through `ALL_ATTENTION_FUNCTIONS` (in `tower_attention.py`).
-M is built by `transformers.masking_utils.create_bidirectional_mask` with `M` as an `and_mask_function`: an additive
-float mask for eager, a bool mask for sdpa, a `BlockMask` for flex_attention. Flash kernels take no arbitrary mask:
-on a flash backend the video tower runs only when M is full (one frame, no [MST] tokens) and otherwise raises,
-naming the alternatives (sdpa, flex_attention, eager, or a per-tower choice that keeps flash for the text tower).
+Computing M (`VidLAVisionConfig.attention_layout`). `"blocked"`, the default, never forms the (1 + UV + TN)^2 score
+matrix: the patches of every real frame attend to their N patches plus the [CLS]/[MST] tokens they see, all frames
+batched as (frames, heads, N + extra keys, head_dim) with no mask at all, and the 1 + UV [CLS]/[MST] rows attend to
+their allowed keys, one small call per distinct key set, which is a key-padding mask (flash: a packed varlen call).
+Its cost grows linearly with T. `"dense"` runs one attention over all tokens under M, built by
+`transformers.masking_utils.create_bidirectional_mask` with M as `and_mask_function` (an additive float mask for
+eager, a bool mask for sdpa, a `BlockMask` for flex_attention): quadratic in T, and refused on flash backends (which
+take no arbitrary mask) unless M is full. It is the reference the blocked layout is tested against. Every attention
+call dispatches through `ALL_ATTENTION_FUNCTIONS.get_interface(...)`, so eager, sdpa, flex_attention and flash
+kernels all run the blocked layout.
 """
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -66,10 +81,18 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_vidla import VidLAConfig, VidLATextConfig, VidLAVisionConfig
-from .tower_attention import AttentionBackendHints, TowerAttention, padding_mask_for
+from .tower_attention import (
+    AttentionBackendHints,
+    TowerAttention,
+    _flash_cross_attention,
+    _is_flash,
+    eager_attention_forward,
+    padding_mask_for,
+)
 from .tower_blocks import ClipVisionEmbeddings, ClipVisionLayer
 
 
@@ -77,7 +100,7 @@ from .tower_blocks import ClipVisionEmbeddings, ClipVisionLayer
 class VidLAOutput(ModelOutput):
     """
     Args:
-        loss: symmetric InfoNCE loss (with `return_loss=True`).
+        loss: the paper's InfoNCE loss for this text, both directions summed (with `return_loss=True`).
         logits_per_video (`(video_batch, text_batch)`): scaled cosine similarities.
         logits_per_text (`(text_batch, video_batch)`): their transpose.
         text_embeds (`(text_batch, projection_dim)`): L2-normalised text embeddings.
@@ -95,10 +118,6 @@ class VidLAOutput(ModelOutput):
 
     def to_tuple(self) -> tuple:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in (self[k] for k in self.keys()))
-
-
-def _is_flash(implementation: str | None) -> bool:
-    return implementation is not None and "flash" in implementation
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -168,8 +187,183 @@ class VidLAVideoEmbeddings(ClipVisionEmbeddings):
         return torch.cat([class_token, mst, patches.flatten(1, 2)], dim=1)
 
 
+def video_token_structure(
+    config: VidLAVisionConfig, num_frames: int, num_patches: int, device=None, num_query_rows: int | None = None
+) -> torch.Tensor:
+    """The mask M as a `(rows, L)` bool tensor (row = query, column = key), L = 1 + U·V + T·N; padding not included.
+
+    All L rows by default; `num_query_rows` keeps the first ones ([CLS] and the [MST] tokens for 1 + U·V).
+    """
+    num_mst, per_level = config.num_mst_tokens, max(config.mst_tokens_per_level, 1)
+    length = 1 + num_mst + num_frames * num_patches
+    index = torch.arange(length, device=device)
+    is_cls = index == 0
+    is_mst = (index >= 1) & (index < 1 + num_mst)
+    is_patch = index >= 1 + num_mst
+    frame = torch.where(is_patch, (index - 1 - num_mst) // num_patches, -1)
+    level = torch.where(is_mst, (index - 1) // per_level, -1)
+
+    q, k = (slice(num_query_rows), None), (None, slice(None))
+    patch_row = is_patch[k] & (frame[q] == frame[k])
+    if config.patches_attend_to_cls:
+        patch_row = patch_row | is_cls[k]
+    if config.patches_attend_to_mst:
+        patch_row = patch_row | is_mst[k]
+    stride = config.mst_temporal_scale ** level.clamp(min=0)
+    mst_sees_patch = is_patch[k] & (frame[k] % stride[q] == 0)
+    same = level[q] == level[k]
+    other = {
+        "finer": level[k] < level[q],
+        "coarser": level[k] > level[q],
+        "all": torch.ones_like(same),
+        "none": torch.zeros_like(same),
+    }[config.mst_level_attention]
+    mst_row = mst_sees_patch | (is_mst[k] & (same | other))
+    return is_cls[q] | (is_patch[q] & patch_row) | (is_mst[q] & mst_row)
+
+
+def _key_mask(video_mask: torch.Tensor, num_head_tokens: int, num_patches: int) -> torch.Tensor:
+    """`(B, L)`: 1 for every token that may be a key ([CLS], [MST], patches of real frames), 0 for padded frames."""
+    head = video_mask.new_ones(video_mask.shape[0], num_head_tokens)
+    return torch.cat([head, video_mask.repeat_interleave(num_patches, 1)], dim=1)
+
+
+def video_attention_mask(
+    config: VidLAVisionConfig, hidden_states: torch.Tensor, video_mask: torch.Tensor, num_patches: int
+):
+    """The dense layout: M plus frame padding as one mask in the format `config._attn_implementation` expects (None
+    when nothing is masked)."""
+    num_frames = video_mask.shape[1]
+    structure = video_token_structure(config, num_frames, num_patches, hidden_states.device)
+    key_mask = _key_mask(video_mask, 1 + config.num_mst_tokens, num_patches)
+    if bool(structure.all()) and bool(key_mask.all()):
+        return None
+    if _is_flash(config._attn_implementation):
+        raise ValueError(
+            f"VidLA's dense video attention needs its token mask (per-frame patches, [MST] levels, padded frames), "
+            f"which {config._attn_implementation} cannot take. Keep the default attention_layout='blocked' (it runs "
+            "on flash), or load the model with attn_implementation='sdpa', 'flex_attention' or 'eager'."
+        )
+
+    def in_structure(batch_idx, head_idx, q_idx, kv_idx):
+        return structure[q_idx, kv_idx]
+
+    return create_bidirectional_mask(
+        config=config, inputs_embeds=hidden_states, attention_mask=key_mask, and_mask_function=in_structure
+    )
+
+
+@dataclass
+class BlockedVideoAttention:
+    """The blocked layout of M for one batch, built once per forward and shared by every block.
+
+    Args:
+        num_frames: T.
+        num_head_tokens: 1 + U·V, the [CLS] and [MST] tokens at the front of the sequence.
+        extra_keys: the head tokens every patch sees besides its own frame's patches (a slice of the head).
+        real_frames: indices of the real frames among the B·T (`None` when no frame is padded).
+        frame_batch: the clip of each real frame.
+        head_groups: `(rows, mask)` per distinct key set of the head rows: the rows sharing it, and the key set
+            (structure and padding) as a key-padding mask in the backend's format (`None` when every key is kept).
+        head_order: puts the head rows back in order after the groups.
+    """
+
+    num_frames: int
+    num_head_tokens: int
+    extra_keys: slice
+    real_frames: torch.Tensor | None
+    frame_batch: torch.Tensor
+    head_groups: list[tuple[torch.Tensor, torch.Tensor | None]]
+    head_order: torch.Tensor
+
+
+def blocked_video_attention(
+    config: VidLAVisionConfig, hidden_states: torch.Tensor, video_mask: torch.Tensor, num_patches: int
+) -> BlockedVideoAttention:
+    """The blocked layout of M plus frame padding for `hidden_states` `(B, L, D)` (see the module docstring)."""
+    batch_size, num_frames = video_mask.shape
+    num_head = 1 + config.num_mst_tokens
+    device = hidden_states.device
+    first_extra = 0 if config.patches_attend_to_cls else 1
+    extra_keys = slice(first_extra, num_head if config.patches_attend_to_mst else 1)
+
+    real = video_mask.bool().flatten()
+    frame_batch = torch.arange(batch_size, device=device).repeat_interleave(num_frames)
+    real_frames = None if bool(real.all()) else real.nonzero().squeeze(1)
+    if real_frames is not None:
+        frame_batch = frame_batch[real_frames]
+
+    structure = video_token_structure(config, num_frames, num_patches, device, num_query_rows=num_head)
+    key_mask = _key_mask(video_mask, num_head, num_patches).bool()
+    key_sets, group_of_row = torch.unique(structure, dim=0, return_inverse=True)
+    head_groups, rows_in_order = [], []
+    for group, key_set in enumerate(key_sets):
+        rows = (group_of_row == group).nonzero().squeeze(1)
+        queries = hidden_states.new_zeros(1).expand(batch_size, len(rows), hidden_states.shape[-1])  # shape only
+        head_groups.append((rows, padding_mask_for(config, queries, key_set & key_mask, keys=hidden_states)))
+        rows_in_order.append(rows)
+    return BlockedVideoAttention(
+        num_frames=num_frames,
+        num_head_tokens=num_head,
+        extra_keys=extra_keys,
+        real_frames=real_frames,
+        frame_batch=frame_batch,
+        head_groups=head_groups,
+        head_order=torch.cat(rows_in_order).argsort(),
+    )
+
+
+def blocked_self_attention(
+    attention: TowerAttention, hidden_states: torch.Tensor, layout: BlockedVideoAttention
+) -> torch.Tensor:
+    """CLIP's attention under M without the `(L, L)` score matrix: the patches of all real frames in one batched,
+    unmasked call over (their frame's patches + the extra head keys), then the head rows over their key sets."""
+    batch_size, length, width = hidden_states.shape
+    num_head, num_frames = layout.num_head_tokens, layout.num_frames
+    num_patches = (length - num_head) // num_frames
+    heads, head_dim = attention.num_heads, attention.head_dim
+    query, key, value = (
+        projection(hidden_states).view(batch_size, length, heads, head_dim)
+        for projection in (attention.q_proj, attention.k_proj, attention.v_proj)
+    )
+
+    implementation = attention.config._attn_implementation
+    attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+    dropout = attention.dropout if attention.training else 0.0
+
+    def attend(q, k, v, mask):  # (batch, heads, len, head_dim) in, (batch, q_len, heads, head_dim) out
+        if _is_flash(implementation) and mask is not None:
+            return _flash_cross_attention(attention, attention_interface, q, k, v, mask, dropout)
+        return attention_interface(attention, q, k, v, mask, scaling=attention.scaling, dropout=dropout)[0]
+
+    def per_frame(states):  # (B, L, heads, d) → (real frames, heads, N, d): each frame's patches
+        states = states[:, num_head:].reshape(batch_size * num_frames, num_patches, heads, head_dim)
+        return (states if layout.real_frames is None else states[layout.real_frames]).transpose(1, 2)
+
+    frame_keys, frame_values = per_frame(key), per_frame(value)
+    if layout.extra_keys.stop > layout.extra_keys.start:
+
+        def with_extra(states, frame_states):
+            extra = states[:, layout.extra_keys].transpose(1, 2)[layout.frame_batch]
+            return torch.cat([extra, frame_states], dim=2)
+
+        frame_keys, frame_values = with_extra(key, frame_keys), with_extra(value, frame_values)
+    patch_output = attend(per_frame(query), frame_keys, frame_values, None)  # (real frames, N, heads, d)
+    if layout.real_frames is not None:
+        padded = patch_output.new_zeros(batch_size * num_frames, *patch_output.shape[1:])
+        patch_output = padded.index_copy(0, layout.real_frames, patch_output)
+
+    head_query, key, value = query[:, :num_head].transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+    head_output = torch.cat(
+        [attend(head_query[:, :, rows], key, value, mask) for rows, mask in layout.head_groups], dim=1
+    )[:, layout.head_order]
+    output = torch.cat([head_output.flatten(2), patch_output.reshape(batch_size, -1, width)], dim=1)
+    return attention.o_proj(output)
+
+
 class VidLAVideoLayer(ClipVisionLayer):
-    """Spatially-local temporal attention over the patches (new weights), then CLIP's block under the mask M."""
+    """Spatially-local temporal attention over the patches (new weights), then CLIP's block under the mask M (given
+    as a `BlockedVideoAttention`, or as one dense mask)."""
 
     def __init__(self, config: VidLAVisionConfig):
         super().__init__(config)
@@ -194,7 +388,7 @@ class VidLAVideoLayer(ClipVisionLayer):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask: BlockedVideoAttention | torch.Tensor | None = None,
         temporal_mask: torch.Tensor | None = None,
         num_frames: int = 1,
     ) -> torch.Tensor:
@@ -204,66 +398,12 @@ class VidLAVideoLayer(ClipVisionLayer):
             )
             patches = self.temporal_mix(patches.unflatten(1, (num_frames, -1)), temporal_mask).flatten(1, 2)
             hidden_states = torch.cat([head, patches], dim=1)
-        return super().forward(hidden_states, attention_mask)
-
-
-def video_token_structure(config: VidLAVisionConfig, num_frames: int, num_patches: int, device=None) -> torch.Tensor:
-    """The mask M as a `(L, L)` bool tensor (row = query, column = key), L = 1 + U·V + T·N; padding not included."""
-    num_mst, per_level = config.num_mst_tokens, max(config.mst_tokens_per_level, 1)
-    length = 1 + num_mst + num_frames * num_patches
-    index = torch.arange(length, device=device)
-    is_cls = index == 0
-    is_mst = (index >= 1) & (index < 1 + num_mst)
-    is_patch = index >= 1 + num_mst
-    frame = torch.where(is_patch, (index - 1 - num_mst) // num_patches, -1)
-    level = torch.where(is_mst, (index - 1) // per_level, -1)
-
-    q, k = (slice(None), None), (None, slice(None))
-    patch_row = is_cls[k] | (is_patch[k] & (frame[q] == frame[k]))
-    if config.patches_attend_to_mst:
-        patch_row = patch_row | is_mst[k]
-    stride = config.mst_temporal_scale ** level.clamp(min=0)
-    mst_sees_patch = is_patch[k] & (frame[k] % stride[q] == 0)
-    same = level[q] == level[k]
-    other = {
-        "finer": level[k] < level[q],
-        "coarser": level[k] > level[q],
-        "all": torch.ones_like(same),
-        "none": torch.zeros_like(same),
-    }[config.mst_level_attention]
-    mst_row = mst_sees_patch | (is_mst[k] & (same | other))
-    return is_cls[q] | (is_patch[q] & patch_row) | (is_mst[q] & mst_row)
-
-
-def video_attention_mask(
-    config: VidLAVisionConfig, hidden_states: torch.Tensor, video_mask: torch.Tensor, num_patches: int
-):
-    """M plus frame padding, in the format `config._attn_implementation` expects (None when nothing is masked)."""
-    num_frames = video_mask.shape[1]
-    structure = video_token_structure(config, num_frames, num_patches, hidden_states.device)
-    key_mask = torch.cat(
-        [
-            video_mask.new_ones(video_mask.shape[0], 1 + config.num_mst_tokens),
-            video_mask.repeat_interleave(num_patches, 1),
-        ],
-        dim=1,
-    )
-    if bool(structure.all()) and bool(key_mask.all()):
-        return None
-    if _is_flash(config._attn_implementation):
-        raise ValueError(
-            f"VidLA's video attention needs its token mask (per-frame patches, [MST] levels, padded frames), which "
-            f"{config._attn_implementation} cannot take. Load the model with attn_implementation='sdpa', "
-            "'flex_attention' or 'eager', or keep flash for the text tower only: attn_implementation="
-            "{'text_config': 'flash_attention_2', 'vision_config': 'sdpa', '': 'sdpa'}."
+        if not isinstance(attention_mask, BlockedVideoAttention):
+            return super().forward(hidden_states, attention_mask)
+        hidden_states = hidden_states + blocked_self_attention(
+            self.self_attn, self.layer_norm1(hidden_states), attention_mask
         )
-
-    def in_structure(batch_idx, head_idx, q_idx, kv_idx):
-        return structure[q_idx, kv_idx]
-
-    return create_bidirectional_mask(
-        config=config, inputs_embeds=hidden_states, attention_mask=key_mask, and_mask_function=in_structure
-    )
+        return hidden_states + self.mlp(self.layer_norm2(hidden_states))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -413,7 +553,10 @@ class VidLAVideoModel(VidLAPreTrainedModel):
         batch_size, num_frames = video_mask.shape
         hidden_states = self.pre_layernorm(self.embeddings(pixel_values_videos, interpolate_pos_encoding))
         num_patches = (hidden_states.shape[1] - 1 - self.config.num_mst_tokens) // num_frames
-        attention_mask = video_attention_mask(self.config, hidden_states, video_mask, num_patches)
+        if self.config.attention_layout == "blocked":
+            attention_mask = blocked_video_attention(self.config, hidden_states, video_mask, num_patches)
+        else:
+            attention_mask = video_attention_mask(self.config, hidden_states, video_mask, num_patches)
         temporal_mask = None
         if self.config.temporal_attention:
             tubes = hidden_states.new_zeros(1).expand(batch_size * num_patches, num_frames, hidden_states.shape[-1])
@@ -434,9 +577,10 @@ def _normalize(embeds: torch.Tensor) -> torch.Tensor:
 
 
 def symmetric_info_nce(logits_per_text: torch.Tensor) -> torch.Tensor:
-    """½ [CE(text → video) + CE(video → text)], the matching pairs on the diagonal."""
+    """CE(video → text) + CE(text → video), each averaged over the batch, the matching pairs on the diagonal: one
+    term of the paper's Eq. (3), which sums the two directions (no factor ½, unlike CLIP's loss)."""
     targets = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
-    return (F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_text.t(), targets)) / 2
+    return F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_text.t(), targets)
 
 
 class VidLAModel(VidLAPreTrainedModel):
@@ -492,7 +636,8 @@ class VidLAModel(VidLAPreTrainedModel):
         r"""
         pixel_values_videos (`(batch, frames, channels, height, width)`): the clips' frames.
         video_mask (`(batch, frames)`, optional): 1 for real frames, 0 for padded ones (at the end of a clip).
-        return_loss (`bool`, optional): also return the symmetric InfoNCE loss (pairs matched by batch index).
+        return_loss (`bool`, optional): also return the InfoNCE loss of Eq. (3) for this text (pairs matched by batch
+            index; both directions summed).
         """
         if input_ids is None or pixel_values_videos is None:
             raise ValueError("VidLAModel needs both `input_ids` and `pixel_values_videos`.")

@@ -1,8 +1,11 @@
 """VidLA: the common battery, fidelity to transformers' CLIP, the temporal attention and [MST] masks, padded frames,
+the blocked attention layout against the dense one (outputs and gradients, every backend, flash through a stand-in),
 the loss, and the `vidla-from-clip` conversion."""
 
+import importlib.util
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import torch._dynamo
 import transformers
 from common_model_tester import CommonModelTests
 from testing_utils import run_without_towerzoo
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from towerzoo.cli import main as towerzoo_main
 from towerzoo.conversions import vidla_from_clip
@@ -272,6 +276,21 @@ def test_patches_can_be_kept_from_mst_tokens():
     assert moved[0] and moved[1:7].all() and not moved[7:].any()
 
 
+@pytest.mark.parametrize("patches_attend_to_cls", [True, False])
+def test_patches_and_cls(patches_attend_to_cls):
+    """Changing [CLS] moves the patches only when they attend to it, and never the [MST] tokens (one block)."""
+    torch.manual_seed(0)
+    config = tiny_vidla_config(num_hidden_layers=1, patches_attend_to_cls=patches_attend_to_cls)
+    model = VidLAModel(config).eval()
+    pixels = clips(1, 2)
+    before = _one_layer_outputs(model, pixels)
+    with torch.no_grad():
+        model.video_model.embeddings.class_embedding += torch.randn(32)
+    moved = (_one_layer_outputs(model, pixels) - before).abs().amax(dim=(0, 2)) > 1e-6
+    assert moved[0] and not moved[1:7].any()
+    assert moved[7:].all() if patches_attend_to_cls else not moved[7:].any()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_padded_frames_do_not_leak(backend):
     """A clip padded with garbage frames gives the same outputs (every real token) as the clip alone."""
@@ -311,13 +330,13 @@ def test_backends_agree_on_every_token():
             torch.testing.assert_close(got, expected, atol=ATOL, rtol=0, msg=f"{backend} {name}")
 
 
-def test_flash_backends_refuse_the_video_mask_with_the_alternatives():
-    config = tiny_vidla_config().vision_config
+def test_flash_backends_refuse_the_dense_mask_with_the_alternatives():
+    config = tiny_vidla_config(attention_layout="dense").vision_config
     config._attn_implementation = "flash_attention_2"
-    with pytest.raises(ValueError, match="sdpa.*flex_attention.*eager"):
+    with pytest.raises(ValueError, match="attention_layout='blocked'.*sdpa.*flex_attention.*eager"):
         video_attention_mask(config, torch.zeros(1, 1 + 6 + 2 * 16, 32), torch.ones(1, 2), 16)
     # one frame without [MST] tokens needs no mask, so flash runs it
-    single = tiny_vidla_config(mst_num_levels=0).vision_config
+    single = tiny_vidla_config(mst_num_levels=0, attention_layout="dense").vision_config
     single._attn_implementation = "flash_attention_2"
     assert video_attention_mask(single, torch.zeros(1, 17, 32), torch.ones(1, 1), 16) is None
 
@@ -330,6 +349,142 @@ def test_bad_video_inputs():
         model.video_model(clips(1, 9))
     with pytest.raises(ValueError, match="at least one real frame"):
         model.video_model(clips(2, 2), torch.tensor([[1, 1], [0, 0]]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The blocked attention layout computes what the dense mask does
+# --------------------------------------------------------------------------------------------------------------------
+
+LAYOUT_OPTIONS = {
+    "paper": {},
+    "coarser levels": {"mst_level_attention": "coarser"},
+    "no [MST]": {"mst_num_levels": 0},
+    "patches without [MST]": {"patches_attend_to_mst": False},
+    "patches without [CLS]": {"patches_attend_to_cls": False},
+    "patches see their frame only": {"patches_attend_to_mst": False, "patches_attend_to_cls": False},
+}
+# clips of 5, 3 and 1 frames in one batch
+VIDEO_MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+
+
+def _model_with_temporal_branch(**vision_overrides) -> VidLAModel:
+    """A tiny model whose temporal attention matters (output projection off zero)."""
+    torch.manual_seed(0)
+    model = VidLAModel(tiny_vidla_config(**vision_overrides)).eval()
+    for layer in model.video_model.layers:
+        torch.nn.init.normal_(layer.temporal_attn.o_proj.weight, std=0.2)
+    return model
+
+
+def _video_outputs(model, layout: str, pixels, video_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real tokens (head, then the patches of real frames) and the pooled state, under `layout`."""
+    model.video_model.config.attention_layout = layout
+    out = model.video_model(pixels, video_mask)
+    num_head = 1 + model.config.vision_config.num_mst_tokens
+    real = video_mask.repeat_interleave(16, 1).bool()
+    states = out.last_hidden_state
+    return torch.cat([states[:, :num_head].flatten(0, 1), states[:, num_head:][real]]), out.pooler_output
+
+
+@pytest.mark.parametrize("options", LAYOUT_OPTIONS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_blocked_layout_equals_dense(backend, options):
+    model = _model_with_temporal_branch(**LAYOUT_OPTIONS[options])
+    model.set_attn_implementation(backend)
+    pixels = clips(3, 5)
+    with torch.no_grad():
+        blocked = _video_outputs(model, "blocked", pixels, VIDEO_MASK)
+        dense = _video_outputs(model, "dense", pixels, VIDEO_MASK)
+    for got, expected in zip(blocked, dense):
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("options", ["paper", "patches without [CLS]"])
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_blocked_layout_gradients_equal_dense(backend, options):
+    """Same gradients for every parameter and for the pixels (flex_attention has no backward on CPU)."""
+    model = _model_with_temporal_branch(**LAYOUT_OPTIONS[options])
+    model.set_attn_implementation(backend)
+    pixels = clips(3, 5)
+    grads = {}
+    for layout in ("blocked", "dense"):
+        model.zero_grad()
+        pixels_in = pixels.clone().requires_grad_(True)
+        tokens, pooled = _video_outputs(model, layout, pixels_in, VIDEO_MASK)
+        weights = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(1))
+        ((tokens * weights).sum() + pooled.square().sum()).backward()
+        grads[layout] = {
+            name: p.grad.clone() for name, p in model.video_model.named_parameters() if p.grad is not None
+        }
+        grads[layout]["pixels"] = pixels_in.grad
+    assert grads["blocked"].keys() == grads["dense"].keys()
+    for name, expected in grads["dense"].items():  # fp32 sums of many terms: compared to each gradient's scale
+        scale = max(1.0, expected.abs().max().item())
+        assert (grads["blocked"][name] - expected).abs().max().item() <= ATOL * scale, name
+
+
+def _flash_stand_in():
+    """The pure-PyTorch flash stand-in of tests/models/test_attention_backends.py (varlen and padded calls), loaded
+    from its file: that module is not importable by name when only these tests run."""
+    path = Path(__file__).resolve().parents[1] / "test_attention_backends.py"
+    spec = importlib.util.spec_from_file_location("_attention_backends_for_vidla", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VarlenReference()
+
+
+def _module_name(model, module) -> str:
+    return next(name for name, candidate in model.named_modules() if candidate is module)
+
+
+@pytest.mark.parametrize("options", ["paper", "patches see their frame only"])
+def test_blocked_layout_runs_on_flash(monkeypatch, options):
+    """Through a flash interface (the stand-in): the patches of the real frames in one unmasked call over their frame
+    and the extra keys, the [CLS]/[MST] rows in packed varlen calls; equal to eager's dense layout."""
+    fake = _flash_stand_in()
+    monkeypatch.setitem(AttentionInterface._global_mapping, "flash_attention_2", fake)
+    assert ALL_ATTENTION_FUNCTIONS.get_interface("flash_attention_2", None) is fake
+    model = _model_with_temporal_branch(**LAYOUT_OPTIONS[options])
+    vision = model.config.vision_config
+    pixels = clips(3, 5)
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        expected = _video_outputs(model, "dense", pixels, VIDEO_MASK)
+        model.config._attn_implementation = "flash_attention_2"  # set directly: flash-attn itself is not installed
+        assert model.video_model.config._attn_implementation == "flash_attention_2"
+        got = _video_outputs(model, "blocked", pixels, VIDEO_MASK)
+    for tensor, reference in zip(got, expected):
+        torch.testing.assert_close(tensor, reference, atol=ATOL, rtol=0)
+
+    global_calls = [c for c in fake.calls if "temporal_attn" not in _module_name(model, c["module"])]
+    num_head = 1 + vision.num_mst_tokens
+    extra = num_head if vision.patches_attend_to_cls and vision.patches_attend_to_mst else 0
+    per_frame = [c for c in global_calls if not c["varlen"]]
+    assert len(per_frame) == vision.num_hidden_layers
+    assert all(c["mask"] is None and (c["q_len"], c["kv_len"]) == (16, 16 + extra) for c in per_frame)
+    head = [c for c in global_calls if c["varlen"]]  # every head key set excludes the padded frames here
+    assert sum(c["cu_seq_lens_q"][-1] for c in head) == 3 * num_head * vision.num_hidden_layers
+    assert max(c["max_length_k"] for c in head) <= num_head + 5 * 16
+    assert len(fake.calls) > len(global_calls)  # the temporal attention ran on flash too
+
+
+def test_blocked_layout_never_scores_all_tokens(monkeypatch):
+    """No attention call of the blocked layout has all 1 + U·V + T·N tokens as queries."""
+    calls = []
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def recording(module, query, key, *args, **kwargs):
+        calls.append((query.shape[2], key.shape[2]))
+        return sdpa(module, query, key, *args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", recording)
+    model = _model_with_temporal_branch()
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        model.video_model(clips(2, 8))
+    length = 1 + model.config.vision_config.num_mst_tokens + 8 * 16
+    assert calls and max(q for q, _ in calls) < length
+    assert max(q * k for q, k in calls) <= 16 * (16 + 7)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -349,7 +504,7 @@ def test_loss_is_symmetric_info_nce():
     logits = text @ video.t() * model.logit_scale.exp()
     log_p_text = logits.log_softmax(dim=1).diagonal()
     log_p_video = logits.t().log_softmax(dim=1).diagonal()
-    expected = -(log_p_text.mean() + log_p_video.mean()) / 2
+    expected = -(log_p_text.mean() + log_p_video.mean())  # Eq. (3): both directions summed
     torch.testing.assert_close(out.logits_per_text, logits, atol=ATOL, rtol=0)
     torch.testing.assert_close(out.logits_per_video, logits.t(), atol=ATOL, rtol=0)
     torch.testing.assert_close(out.loss, expected, atol=ATOL, rtol=0)
