@@ -1,5 +1,5 @@
-"""Frames per second of VidLA's video tower, and how its cost grows with the number of frames, against CLIP-style
-baselines built from the same tower.
+"""Frames per second of VidLA's video tower, and how its cost grows with the number of frames: the blocked attention
+layout against the dense one and against CLIP run frame by frame.
 
 VidLA (Rizve et al., CVPR 2024) runs CLIP's ViT on every frame, adds a spatially-local temporal attention in every
 block and U·V multi-scale temporal ([MST]) tokens that attend across frames. This times `VidLAModel.get_video_features`
@@ -7,16 +7,20 @@ block and U·V multi-scale temporal ([MST]) tokens that attend across frames. Th
 B/16 tower: CLIP ViT-B/16 at 224 px, U = 3 levels of V = 4 [MST] tokens, r = 2, temporal attention on) or
 `--size tiny` (a seconds-long smoke test). Three variants, all timed on the same inputs:
 
-  VidLA           the paper's tower as configured above.
-  no-temporal     the same tower with temporal attention off and no [MST] tokens: the token sequence and the
-                  attention mask are VidLA's (patches see [CLS] and their own frame, [CLS] sees everything), so on a
-                  dense-mask backend (sdpa, eager) the global attention still runs over all T·N tokens.
-  per-frame CLIP  the same weights on each frame alone (the T frames of a clip as a batch of one-frame clips, no mask,
-                  the pooled states averaged over frames): plain CLIP's cost, linear in T.
+  VidLA blocked   the paper's tower, `attention_layout="blocked"` (the default): each frame's patches attend to their
+                  frame and the [CLS]/[MST] tokens, all frames batched without a mask; the 1 + U·V [CLS]/[MST] rows
+                  attend to their allowed keys. Linear in T apart from the temporal attention's T^2 per position.
+  VidLA dense     the same weights, `attention_layout="dense"`: one attention over all 1 + U·V + T·N tokens under the
+                  VidLA mask, O((T·N)^2) (not run on flash backends, which take no such mask).
+  per-frame CLIP  the same CLIP weights without the temporal attention and [MST] tokens, on each frame alone (the T
+                  frames of a clip as a batch of one-frame clips, no mask, the pooled states averaged over frames):
+                  plain CLIP's cost, linear in T.
 
 Every (variant, frames) pair is warmed up, then the runs of all pairs are interleaved (order reversed every round);
-the median is reported. Growth with frames: the time per frame at the most frames over that at the fewest (1 when the cost is
-linear in T), and the exponent a of a least-squares fit time ∝ T^a over all frame counts (1 linear, 2 quadratic).
+the median is reported. Growth with frames: the time per frame at the most frames over that at the fewest (1 when the
+cost is linear in T), and the exponent a of a least-squares fit time ∝ T^a over all frame counts (1 linear, 2
+quadratic). After the timings, blocked and dense video features at the fewest frames are compared (they compute the
+same function; the largest difference relative to the features' scale is printed).
 
 Memory: on CPU, the peak number of bytes held by torch's CPU allocator during one forward, above what was allocated
 before it (weights and inputs), read from `torch.profiler`'s allocation events. On CUDA, `torch.cuda.max_memory_allocated`
@@ -72,7 +76,7 @@ VIDLA_SIZES = {
         "projection_dim": 32,
     },
 }
-VIDLA, NO_TEMPORAL, PER_FRAME = "VidLA", "no-temporal", "per-frame CLIP"
+BLOCKED, DENSE, PER_FRAME = "VidLA blocked", "VidLA dense", "per-frame CLIP"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--attn-implementation",
         default="sdpa",
-        help="attention backend (sdpa, eager, flex_attention; flash cannot take the video tower's mask)",
+        help="attention backend (sdpa, eager, flex_attention, flash_attention_2/3/4; flash skips the dense layout)",
     )
     args = parser.parse_args(argv)
     cpu_base = args.size == "base" and not args.device.startswith("cuda")
@@ -94,8 +98,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.batch_size is None:
         args.batch_size = 1 if cpu_base else 4
     check_common_arguments(parser, args)
-    if "flash" in args.attn_implementation:
-        parser.error(f"{args.attn_implementation}: VidLA's video tower needs its token mask, which flash cannot take")
     if args.batch_size < 1 or min(args.frames) < 1:
         parser.error("--batch-size and --frames must be at least 1")
     args.frames = sorted(set(args.frames))
@@ -115,12 +117,16 @@ def build_config(size: str, max_frames: int, **vision_overrides) -> VidLAConfig:
 
 
 def build_models(args: argparse.Namespace) -> dict[str, VidLAModel]:
-    """VidLA and the same tower without its temporal parts (random weights, same seed), eval, on the device."""
+    """VidLA in both attention layouts (the same weights) and CLIP without the temporal parts (random weights, same
+    seed), eval, on the device. The dense layout is left out on flash backends, which cannot take its mask."""
     max_frames = max(args.frames)
     configs = {
-        VIDLA: build_config(args.size, max_frames),
-        NO_TEMPORAL: build_config(args.size, max_frames, temporal_attention=False, mst_num_levels=0),
+        BLOCKED: build_config(args.size, max_frames),
+        DENSE: build_config(args.size, max_frames, attention_layout="dense"),
+        PER_FRAME: build_config(args.size, max_frames, temporal_attention=False, mst_num_levels=0),
     }
+    if "flash" in args.attn_implementation:
+        del configs[DENSE]
     models = {}
     for name, config in configs.items():
         torch.manual_seed(args.seed)
@@ -169,14 +175,15 @@ def growth(frames: list[int], seconds: list[float]) -> dict[str, float | None]:
 @torch.no_grad()
 def measure(models: dict[str, VidLAModel], args: argparse.Namespace, sync) -> dict[str, dict]:
     """Interleaved timings of every (variant, frames) pair, then one forward of each for its peak memory."""
-    config = models[VIDLA].config
+    config = models[BLOCKED].config
     dtype = DTYPES[args.dtype]
     clips = {t: make_clips(config, args.batch_size, t, args.seed).to(args.device, dtype) for t in args.frames}
     calls = {
-        VIDLA: lambda clip: models[VIDLA].get_video_features(clip),
-        NO_TEMPORAL: lambda clip: models[NO_TEMPORAL].get_video_features(clip),
-        PER_FRAME: lambda clip: per_frame_clip(models[NO_TEMPORAL], clip),
+        name: (lambda clip, model=model: model.get_video_features(clip))
+        for name, model in models.items()
+        if name != PER_FRAME
     }
+    calls[PER_FRAME] = lambda clip: per_frame_clip(models[PER_FRAME], clip)
     fns = {
         (name, t): (lambda call=call, clip=clips[t]: call(clip)) for name, call in calls.items() for t in args.frames
     }
@@ -202,6 +209,17 @@ def measure(models: dict[str, VidLAModel], args: argparse.Namespace, sync) -> di
     return results
 
 
+@torch.no_grad()
+def layouts_agree(models: dict[str, VidLAModel], args: argparse.Namespace) -> float | None:
+    """max |blocked - dense| over the video features at the fewest frames, relative to the features' largest value."""
+    if DENSE not in models:
+        return None
+    clip = make_clips(models[BLOCKED].config, args.batch_size, args.frames[0], args.seed)
+    clip = clip.to(args.device, DTYPES[args.dtype])
+    blocked, dense = (models[name].get_video_features(clip).float() for name in (BLOCKED, DENSE))
+    return ((blocked - dense).abs().max() / dense.abs().max()).item()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------------------------
@@ -220,7 +238,7 @@ def print_report(results: dict) -> None:
     print(f"parameters (video tower + projection): {setup['parameters']}")
     print(describe_runs(setup))
     frames = setup["frames"]
-    has_delta = "delta_mib" in variants[VIDLA]["frames"][str(frames[0])]
+    has_delta = "delta_mib" in variants[BLOCKED]["frames"][str(frames[0])]
     print()
     header = f"{'variant':<16}{'frames':>7}{'tokens':>8}{'median s':>10}{'min s':>9}{'frames/s':>10}{'peak MiB':>12}"
     print(header + (f"{'delta MiB':>12}" if has_delta else ""))
@@ -239,8 +257,13 @@ def print_report(results: dict) -> None:
         for name, variant in variants.items():
             g = variant["growth"]
             print(f"  {name:<16}per-frame ratio {_fmt(g['per_frame_ratio'])}   exponent a {_fmt(g['exponent'])}")
-        print("VidLA / per-frame CLIP time: " + ", ".join(f"{t} frames {_fmt(r)}" for t, r in results["overhead"]))
-        print("VidLA / no-temporal time:    " + ", ".join(f"{t} frames {_fmt(r)}" for t, r in results["temporal"]))
+    print()
+    for label, rows in results["ratios"].items():
+        print(f"{label + ' time:':<38}" + ", ".join(f"{t} frames {_fmt(r)}" for t, r in rows))
+    if results["layouts_max_rel_diff"] is not None:
+        print(
+            f"blocked vs dense video features at {frames[0]} frames: max |diff| {results['layouts_max_rel_diff']:.2g} of scale"
+        )
     print(f"memory: {setup['memory_method']}")
 
 
@@ -254,15 +277,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     sync = setup_torch(args)
     models = build_models(args)
-    vision = models[VIDLA].config.vision_config
+    vision = models[BLOCKED].config.vision_config
     variants = measure(models, args, sync)
 
-    def ratio(name: str) -> list[tuple[int, float]]:
+    def ratio(name: str, over: str) -> list[tuple[int, float]]:
         return [
-            (t, variants[VIDLA]["frames"][str(t)]["median_s"] / variants[name]["frames"][str(t)]["median_s"])
+            (t, variants[name]["frames"][str(t)]["median_s"] / variants[over]["frames"][str(t)]["median_s"])
             for t in args.frames
         ]
 
+    ratios = {"VidLA blocked / per-frame CLIP": ratio(BLOCKED, PER_FRAME)}
+    if DENSE in variants:
+        ratios["VidLA dense / per-frame CLIP"] = ratio(DENSE, PER_FRAME)
+        ratios["VidLA dense / VidLA blocked"] = ratio(DENSE, BLOCKED)
     results = {
         "setup": {
             "size": args.size,
@@ -278,15 +305,14 @@ def main(argv: list[str] | None = None) -> dict:
             "attn_implementation": args.attn_implementation,
             "parameters": {name: video_parameters(model) for name, model in models.items()},
             "tokens": {
-                VIDLA: {str(t): tokens_per_clip(models[VIDLA].config, t) for t in args.frames},
-                NO_TEMPORAL: {str(t): tokens_per_clip(models[NO_TEMPORAL].config, t) for t in args.frames},
-                PER_FRAME: {str(t): tokens_per_clip(models[NO_TEMPORAL].config, t, True) for t in args.frames},
+                name: {str(t): tokens_per_clip(model.config, t, name == PER_FRAME) for t in args.frames}
+                for name, model in models.items()
             },
             **environment(args),
         },
         "variants": variants,
-        "overhead": ratio(PER_FRAME),
-        "temporal": ratio(NO_TEMPORAL),
+        "ratios": ratios,
+        "layouts_max_rel_diff": layouts_agree(models, args),
     }
     print_report(results)
     write_json(results, args.json_out)
