@@ -304,7 +304,7 @@ def card_data(config: dict, entry: Entry | None, runs: Sequence[Measured], name:
         license=entry.license if entry else None,
         base_model=entry.base_model if entry else None,
         datasets=datasets or None,
-        model_name=name,
+        model_name=name if runs else None,  # model-index's name
         eval_results=eval_results(runs) or None,
     )
 

@@ -191,6 +191,20 @@ def test_usage_snippet_runs_as_a_hub_user(zoo, tmp_path, folder, answer_check):
         assert printed.startswith("tensor([[") and printed.count("]") == 3  # 2 captions × 1 image
 
 
+def test_video_usage_snippet_runs_as_a_hub_user(tmp_path):
+    pytest.importorskip("av")
+    from video_fixtures import moving_shapes, tiny_vidla_folder, write_video
+
+    folder = tiny_vidla_folder(tmp_path / "vidla")
+    metadata_path = write_card(folder, entry="vidla-base-patch16-from-clip")
+    assert front_matter(metadata_path)["base_model"] == "openai/clip-vit-base-patch16"
+    code = python_block(metadata_path).replace('repo = "vidla-base-patch16-from-clip"', f"repo = {str(folder)!r}")
+    (tmp_path / "elsewhere").mkdir()
+    write_video(tmp_path / "elsewhere" / "clip.mp4", moving_shapes(8, 32, 32))
+    printed = run_without_towerzoo(code, tmp_path).stdout.strip()
+    assert printed.startswith("tensor([[") and printed.count("]") == 3  # 2 captions × 1 video
+
+
 def test_recorded_entry_is_used_and_checked(zoo, tmp_path):
     folder = tmp_path / "converted"
     shutil.copytree(zoo["vqa"], folder)
