@@ -270,7 +270,7 @@ def load_nlvr2_split(
         names = [f"{pair}-img0.png", f"{pair}-img1.png"]
         absent = [name for name in names if name not in index]
         if absent:
-            missing.extend(absent)
+            missing.append(absent[0])
             continue
         rows["images"].append([str(index[name]) for name in names])
         rows["text"].append(record["sentence"])

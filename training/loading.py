@@ -104,7 +104,8 @@ def load_source(model: str, tokenizer: Path | None = None, attn_implementation: 
             raise TrainingError(
                 f"{model} has no processor files ({error}); pass --tokenizer DIR to build one."
             ) from None
-    description = {"model": str(model), "class": class_name, "revision": getattr(config, "_commit_hash", None)}
+    where = str(Path(model).resolve()) if Path(model).exists() else model
+    description = {"model": where, "class": class_name, "revision": getattr(config, "_commit_hash", None)}
     return ModelSource(source.config, sys.modules[model_class.__module__], source, processor, description)
 
 

@@ -364,9 +364,9 @@ def save_model_folder(model, processor, folder: Path, record: dict) -> Path:
     return folder
 
 
-def _last_loss(log_history: list[dict]) -> float | None:
-    losses = [entry["loss"] for entry in log_history if "loss" in entry]
-    return losses[-1] if losses else None
+def _losses(log_history: list[dict]) -> list[list]:
+    """[step, loss] of every logged training loss."""
+    return [[entry["step"], entry["loss"]] for entry in log_history if "loss" in entry]
 
 
 def finetune(options: FinetuneOptions) -> dict:
@@ -431,6 +431,7 @@ def finetune(options: FinetuneOptions) -> dict:
     )
     result = trainer.train(resume_from_checkpoint=resume)
     eval_metrics = trainer.evaluate() if eval_set is not None else None
+    losses = _losses(trainer.state.log_history)
     record = {
         "task": options.task,
         "recipe": recipe.as_dict(),
@@ -439,8 +440,9 @@ def finetune(options: FinetuneOptions) -> dict:
         "data": fingerprints,
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
-        "final_loss": _last_loss(trainer.state.log_history),
+        "final_loss": losses[-1][1] if losses else None,
         "mean_train_loss": result.training_loss,
+        "losses": losses,
         "eval_metrics": eval_metrics,
         "resumed_from": resume,
         "versions": {
