@@ -90,6 +90,7 @@ def _demo(args: argparse.Namespace) -> int:
 # `handler(args) -> int` default on every parser it adds
 SUBCOMMAND_MODULES = (
     "towerzoo.evaluation.cli",
+    "towerzoo.hub_cards.push",
     "towerzoo.registry",
     "towerzoo.hub_cards.card",
     "towerzoo.training.cli",
