@@ -4,11 +4,11 @@
 (`towerzoo convert --entry`), cards (`towerzoo card`) and the tests iterate over it.
 
 The file has four sections: `datasets` (key → display `name`, optional `hub_id` and `aliases`: the names data
-files give it), `papers` (key → `title`, `arxiv`,
-optional `code`, `bibtex`), `label_sets` (key → `names` in index order, or `count` and `source`), and `entries`
-(name → fields below). Top-level keys starting with `_` are YAML anchors only.
+files give it), `papers` (key → `title`, `arxiv`, optional `code`, `bibtex`), `label_sets` (key → `names` in index
+order, or `count` and `source`), and `entries` (name → fields below). Top-level keys starting with `_` are YAML
+anchors only.
 
-Entry fields:
+An entry's name is its target repo name on the Hub (the card's title and model-index name). Entry fields:
 - `architecture`: the `towerzoo.models` package (bridgetower, managertower, vidla).
 - `description`: one or two sentences for `towerzoo list` and the card.
 - `source`: `checkpoint` (download URL, Hub id, or a description for models trained here) and `format` (the
