@@ -557,6 +557,7 @@ def add_parsers(commands) -> None:
         type=Path,
         nargs="+",
         default=[],
+        metavar="RESULTS_JSON",
         help="results JSON files written by towerzoo eval on this folder",
     )
     parser.add_argument(
