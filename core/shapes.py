@@ -64,6 +64,7 @@ CAPTION_TEMPLATES = (
     "{} drawn on a canvas",
 )
 CAPTIONS_PER_IMAGE = 5
+MAX_DRAWS = 100_000  # random object sets tried for one image before giving up
 
 
 @dataclass(frozen=True)
@@ -228,17 +229,23 @@ def _balanced_targets(rng: np.random.Generator, answers: tuple[str, ...], num: i
     return [str(a) for a in rng.permutation(cycle[:num])]
 
 
-def generate_examples(num_images: int, seed: int = 0, split: str = "test", canvas_size: int = 64) -> list[Example]:
-    """The split's scenes, questions (one per type, answers balanced per type) and captions (without images)."""
+def generate_examples(
+    num_images: int, seed: int = 0, split: str = "test", canvas_size: int = 64, distinct: bool = True
+) -> list[Example]:
+    """The split's scenes, questions (one per type, answers balanced per type) and captions (without images).
+
+    `distinct`: no two scenes hold the same objects, so each caption fits one image (what retrieval evaluation
+    needs). There are only 12,800 possible sets of objects, fewer for each combination of answers, so this is for
+    evaluation splits (up to a few thousand images); training splits pass `distinct=False`."""
     rng = _split_rng(seed, split)
     targets = {kind: _balanced_targets(rng, spec[3], num_images) for kind, spec in QUESTION_TYPES.items()}
     seen, examples = set(), []
     for index in range(num_images):
-        while True:
+        for _ in range(MAX_DRAWS):
             objects = _random_inventory(rng)
             inventory = Counter(objects)
             key = tuple(sorted(inventory.items()))
-            if key in seen:
+            if distinct and key in seen:
                 continue
             options = {}
             for kind in QUESTION_TYPES:
@@ -249,6 +256,11 @@ def generate_examples(num_images: int, seed: int = 0, split: str = "test", canva
                 scene = _place(rng, objects, canvas_size)
                 if scene is not None:
                     break
+        else:
+            raise ValueError(
+                f"found no new scene for image {index + 1} of {num_images} after {MAX_DRAWS} draws: that many "
+                "distinct scenes do not exist; pass distinct=False (training splits)."
+            )
         seen.add(key)
         questions = []
         for kind, subjects in options.items():
@@ -265,17 +277,17 @@ def image_name(split: str, image_id: int) -> str:
 
 
 def write_shapes_dataset(
-    out_dir: Path, num_images: int, seed: int = 0, split: str = "test", canvas_size: int = 64
+    out_dir: Path, num_images: int, seed: int = 0, split: str = "test", canvas_size: int = 64, distinct: bool = True
 ) -> dict[str, Path]:
     """Generate a split and write it in the official formats under `out_dir`; several splits can share a folder.
     Returns the paths: `questions`, `annotations` and `vqa_images` (`towerzoo eval vqav2 --questions --annotations
     --images`), `karpathy` and `karpathy_images` (`towerzoo eval retrieval --karpathy --images --split`; the
     Karpathy JSON names its entries' split `split`, so use train/val/test for the retrieval harness).
 
-    Images are JPEGs (quality 95, no chroma subsampling) because the VQAv2 harness finds images by COCO's `.jpg`
+    `distinct` as in `generate_examples`. Images are JPEGs (quality 95, no chroma subsampling) because the VQAv2 harness finds images by COCO's `.jpg`
     names; shape centres keep their colour within a few levels."""
     out_dir = Path(out_dir)
-    examples = generate_examples(num_images, seed, split, canvas_size)
+    examples = generate_examples(num_images, seed, split, canvas_size, distinct)
     images = out_dir / "images" / split
     images.mkdir(parents=True, exist_ok=True)
     questions, annotations, entries, sentence_id = [], [], [], 0

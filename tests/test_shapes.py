@@ -213,3 +213,9 @@ def test_shapes_tokenizer_has_one_token_per_word(tmp_path):
     assert {*shapes.COLORS, *shapes.SHAPES, "two", "three"} <= {w.strip(",?") for t in texts for w in t.split()}
     for text in texts:
         assert len(tokenizer.tokenize(text)) == len(re.findall(r"\w+|[,?]", text)), text
+
+
+def test_too_many_distinct_scenes_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(shapes, "MAX_DRAWS", 1)
+    with pytest.raises(ValueError, match="distinct=False"):
+        shapes.generate_examples(50, seed=0)
