@@ -110,7 +110,7 @@ def push_folder(
         reason = " ".join(str(error).split())
         if getattr(getattr(error, "response", None), "status_code", None) in (401, 403):
             reason += " — check that the token (HF_TOKEN or `hf auth login`) is valid and may write to this repo."
-        raise PushError(f"the Hub at {constants.ENDPOINT} did not accept the push of {repo_id}: {reason}") from None
+        raise PushError(f"could not push to {repo_id} on {constants.ENDPOINT}: {reason}") from None
     return commit.commit_url
 
 

@@ -40,14 +40,13 @@ def towerzoo_push(*arguments, env: dict[str, str]) -> subprocess.CompletedProces
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
-def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit status 2 and one `towerzoo push: error:` line naming each fragment; returns that line."""
+def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit status 2 and one `towerzoo push: error:` line naming each fragment."""
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("towerzoo push:")]
     assert len(errors) == 1 and errors[0].startswith("towerzoo push: error: "), result.stderr[-3000:]
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def assert_requests(hub, expected: list[str]) -> None:
@@ -211,7 +210,7 @@ def test_a_folder_that_would_not_load_is_refused_before_any_request(damage, frag
 def test_a_rejected_token_and_a_public_repo_with_private_are_clear_errors(hub_folder, fake_hub, tmp_path):
     env = {**hub_env(fake_hub, tmp_path), "HF_TOKEN": "hf_not_the_right_one"}
     result = towerzoo_push(hub_folder, "towerzoo-test/tiny-vqa", env=env)
-    assert_refused(result, "did not accept", "401", "check that the token")
+    assert_refused(result, "could not push to towerzoo-test/tiny-vqa", "401", "check that the token")
     # create_repo(exist_ok=True) looks the repo up after a 401, in case it exists already
     assert fake_hub.lines() == ["POST /api/repos/create", "GET /api/models/towerzoo-test/tiny-vqa"]
     assert fake_hub.repos == {}
