@@ -487,6 +487,29 @@ def test_blocked_layout_never_scores_all_tokens(monkeypatch):
     assert max(q * k for q, k in calls) <= 16 * (16 + 7)
 
 
+# bf16 results relative to their scale, as in tests/models/test_attention_backends.py (bf16 keeps 8 significant bits)
+BF16_REL_TOL = 0.06
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"])
+def test_blocked_layout_in_bf16_on_gpu(backend):
+    """The blocked layout on a GPU kernel in bf16 (head_dim 64, which every flash generation supports) against fp32
+    eager's dense layout, padded frames included."""
+    available = getattr(transformers.utils, f"is_flash_attn_{backend[-1]}_available", lambda: False)
+    if "flash" in backend and not available():
+        pytest.skip(f"{backend} is not installed or this GPU cannot run it")
+    model = _model_with_temporal_branch(hidden_size=128, intermediate_size=256, num_attention_heads=2).cuda()
+    pixels, video_mask = clips(3, 5).cuda(), VIDEO_MASK.cuda()
+    with torch.no_grad():
+        model.set_attn_implementation("eager")
+        expected = _video_outputs(model, "dense", pixels, video_mask)
+        model.to(torch.bfloat16).set_attn_implementation(backend)
+        got = _video_outputs(model, "blocked", pixels.to(torch.bfloat16), video_mask)
+    for tensor, reference in zip(got, expected):
+        assert (tensor.float() - reference).abs().max() <= BF16_REL_TOL * reference.abs().max()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Loss
 # --------------------------------------------------------------------------------------------------------------------
