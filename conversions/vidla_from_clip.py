@@ -1,5 +1,5 @@
 """`towerzoo convert vidla-from-clip`: a transformers `CLIPModel` checkpoint → a VidLA Hub folder initialised from it
-(the paper's starting point, VidLA Sec. 3.2 / 4.1: both towers from CLIP).
+(the paper's starting point, VidLA Sec. 4 and 5: both towers from CLIP).
 
 Input: a folder with `config.json` and `model.safetensors` (or sharded safetensors / `pytorch_model.bin`) of
 transformers' `CLIPModel`. Every CLIP key is renamed through `KEY_RULES` or dropped by a `DROPPED` rule that says why;
@@ -9,7 +9,9 @@ VidLA's new parameters are filled so that the model starts as CLIP (`new_paramet
     projection weight and bias zero, so the temporal branch adds nothing until trained;
   * [MST] tokens: CLIP's class token input (class embedding + spatial position 0) plus N(0, 0.02²) noise from a fixed
     seed, so each starts as a [CLS]-like summary and the tokens of a level are not identical (identical tokens under
-    identical masks would get identical gradients forever).
+    identical masks would get identical gradients forever). The paper initialises the [MST] tokens randomly
+    (Sec. 4); starting them at the class token's input keeps them on the scale CLIP's first LayerNorm and attention
+    were trained for, which is the "start as CLIP" point of the conversion.
 The check runs transformers' `CLIPModel` on the source weights and the converted model with one frame and the [MST]
 tokens switched off (same weights otherwise), and records the largest difference in `verification.json`.
 """
