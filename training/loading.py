@@ -190,8 +190,8 @@ class TaskModelSpec:
 
     task: str
     id2label: dict[int, str] | None = None
-    task_head_layers: int = 2
-    head_hidden_scale: float = 2
+    task_head_layers: int | None = None  # None: the config's
+    head_hidden_scale: float | None = None
     image_size: int | None = None
     seed: int = 0
     attn_implementation: str | None = None
@@ -218,7 +218,10 @@ def build_task_model(source: ModelSource, spec: TaskModelSpec) -> tuple[torch.nn
     if spec.task == "nlvr2":
         config.num_token_types = 3
     if head_is_new and spec.task != "retrieval":
-        config.task_head_layers, config.head_hidden_scale = spec.task_head_layers, spec.head_hidden_scale
+        if spec.task_head_layers is not None:
+            config.task_head_layers = spec.task_head_layers
+        if spec.head_hidden_scale is not None:
+            config.head_hidden_scale = spec.head_hidden_scale
     if spec.image_size is not None and spec.image_size != config.vision_config.image_size:
         patch = config.vision_config.patch_size
         if spec.image_size % patch:

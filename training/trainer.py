@@ -131,12 +131,13 @@ class FinetuneOptions:
 
 
 def effective_settings(recipe: Recipe, options: FinetuneOptions, scratch: bool) -> dict:
-    """The recipe's values with the command line's overrides. From scratch, the image size is the config's unless
-    given (the recipe's belongs to fine-tuning a pre-trained model)."""
+    """The recipe's values with the command line's overrides. From scratch, the image size and the head's shape are
+    the config's unless given (None here): the recipe's belong to fine-tuning a pre-trained model."""
     settings = {name: getattr(recipe, name) for name in RECIPE_OVERRIDES}
     settings.update({name: getattr(options, name) for name in RECIPE_OVERRIDES if getattr(options, name) is not None})
-    if scratch and options.image_size is None:
-        settings["image_size"] = None
+    for name in ("image_size", "task_head_layers", "head_hidden_scale"):
+        if scratch and getattr(options, name) is None:
+            settings[name] = None
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = settings["per_device_train_batch_size"] * world_size
     settings["world_size"] = world_size
@@ -327,6 +328,7 @@ def training_arguments(options: FinetuneOptions, settings: dict, has_eval: bool)
         batch_eval_metrics=has_eval and options.task != "retrieval",
         prediction_loss_only=options.task == "retrieval",
         dataloader_num_workers=options.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
         deepspeed=options.deepspeed,
         fsdp=options.fsdp or "",
         report_to=options.report_to,
@@ -411,6 +413,10 @@ def finetune(options: FinetuneOptions) -> dict:
         text.max_position_embeddings - text.pad_token_id - 1,
     )
     settings["image_size"] = model.config.vision_config.image_size
+    settings["task_head_layers"], settings["head_hidden_scale"] = (
+        model.config.task_head_layers,
+        model.config.head_hidden_scale,
+    )
     settings["max_text_length"] = source.processor.max_text_length
     logger.info(
         "recipe %s (%s); %d new and %d dropped tensors; batch %d = %d per device × %d processes × %d accumulation",
