@@ -221,7 +221,8 @@ def build_task_model(source: ModelSource, spec: TaskModelSpec) -> tuple[torch.nn
         if spec.task_head_layers is not None:
             config.task_head_layers = spec.task_head_layers
         if spec.head_hidden_scale is not None:
-            config.head_hidden_scale = spec.head_hidden_scale
+            scale = spec.head_hidden_scale  # a whole number as an int: the classifier's width must be one
+            config.head_hidden_scale = int(scale) if float(scale).is_integer() else scale
     if spec.image_size is not None and spec.image_size != config.vision_config.image_size:
         patch = config.vision_config.patch_size
         if spec.image_size % patch:
