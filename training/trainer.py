@@ -11,6 +11,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -424,6 +425,9 @@ def finetune(options: FinetuneOptions) -> dict:
         *(settings["per_device_train_batch_size"], settings["world_size"], settings["gradient_accumulation_steps"]),
     )
 
+    checkpoints = Path(options.output_dir) / "checkpoints"
+    if options.overwrite and resume is None and checkpoints.is_dir() and int(os.environ.get("RANK", "0")) == 0:
+        shutil.rmtree(checkpoints)  # an earlier run's checkpoints would mix with this run's
     trainer = RecipeTrainer(
         model=RetrievalObjective(model) if options.task == "retrieval" else model,
         args=training_arguments(options, settings, eval_set is not None),
