@@ -237,7 +237,7 @@ def build_task_model(source: ModelSource, spec: TaskModelSpec) -> tuple[torch.nn
             f"head_hidden_scale={config.head_hidden_scale} ({error}); pass --head-hidden-scale with a whole number."
         ) from None
     if source.model is None:
-        return model, TransferReport(new=list(model.state_dict())), True
+        return model, TransferReport(), True
     skip = tuple(HEADS[head][0] for head in heads) if head_is_new else ()
     report = transfer_weights(source.model, model, skip)
     return model, report, head_is_new

@@ -419,9 +419,15 @@ def finetune(options: FinetuneOptions) -> dict:
         model.config.head_hidden_scale,
     )
     settings["max_text_length"] = source.processor.max_text_length
+    start = (
+        "from scratch"
+        if options.model is None
+        else f"{transfer.loaded} tensors loaded, {len(transfer.new)} new, {len(transfer.dropped)} dropped, "
+        f"{len(transfer.adapted)} adapted"
+    )
     logger.info(
-        "recipe %s (%s); %d new and %d dropped tensors; batch %d = %d per device × %d processes × %d accumulation",
-        *(recipe.name, recipe.source, len(transfer.new), len(transfer.dropped), settings["total_batch_size"]),
+        "recipe %s (%s); %s %s; batch %d = %d per device × %d processes × %d accumulation",
+        *(recipe.name, recipe.source, type(model).__name__, start, settings["total_batch_size"]),
         *(settings["per_device_train_batch_size"], settings["world_size"], settings["gradient_accumulation_steps"]),
     )
 

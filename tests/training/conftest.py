@@ -81,6 +81,15 @@ def write_learnable_vqav2(folder: Path) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread per test: on two shared cores that is several times faster for tiny models."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def training_data(tmp_path_factory) -> dict[str, dict[str, Path]]:
     """One tiny dataset per task, in the official formats."""
@@ -125,9 +134,8 @@ QUICK = [
 
 @pytest.fixture(scope="session")
 def finetune(training_data, tiny_tokenizer_dir):
-    """Run `towerzoo finetune TASK …` in this process on the task's tiny data (one torch thread: on two shared cores
-    that is several times faster for tiny models); returns the exit status. With `init_config`, from scratch with the
-    tiny tokenizer."""
+    """Run `towerzoo finetune TASK …` in this process on the task's tiny data (one torch thread, also in module-scoped
+    fixtures); returns the exit status. With `init_config`, from scratch with the tiny tokenizer."""
 
     def run(task: str, output_dir: Path, *extra, init_config: Path | None = None, data=None) -> int:
         start = ["--init-config", init_config, "--tokenizer", tiny_tokenizer_dir] if init_config else []

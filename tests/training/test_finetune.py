@@ -14,23 +14,28 @@ from towerzoo.evaluation.vqav2 import VQAv2Options, evaluate_vqav2
 
 # each task learns its tiny data in 60 steps with these learning rates (the recipes' multipliers, head ×5)
 STEPS = ["--max-steps", "60", "--learning-rate", "3e-4", "--lr-mult-head", "5"]
-RUNS = {
-    "vqav2": ("bridgetower", STEPS),
-    "retrieval": ("bridgetower", STEPS),
-    "snli-ve": ("bridgetower", STEPS),
-    "nlvr2": ("bridgetower", STEPS),
-    "vqav2-managertower": ("managertower", STEPS),
+# the eval splits are the training files again (held-out data would not show learning in 60 steps)
+EVAL = {
+    "vqav2": ["--eval-questions", "questions", "--eval-annotations", "annotations", "--eval-images", "images"],
+    "retrieval": ["--eval-split", "test"],
+    "snli-ve": ["--eval-annotations", "annotations", "--eval-images", "images"],
+    "nlvr2": [],
 }
+RUNS = {task: ("bridgetower", task) for task in EVAL} | {"vqav2-managertower": ("managertower", "vqav2")}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, finetune, config_files):
-    """One run from scratch per entry of RUNS: {name: output dir}."""
+def trained(tmp_path_factory, finetune, config_files, training_data):
+    """One run from scratch per entry of RUNS, evaluated halfway and at the end: {name: output dir}."""
     outputs = {}
-    for name, (architecture, extra) in RUNS.items():
+    for name, (architecture, task) in RUNS.items():
         outputs[name] = tmp_path_factory.mktemp(name)
-        task = name.removesuffix("-managertower")
-        assert finetune(task, outputs[name], *extra, init_config=config_files[architecture]) == 0
+        evaluation = [str(training_data[task].get(option, option)) for option in EVAL[task]]
+        if evaluation and architecture == "bridgetower":
+            evaluation += ["--eval-steps", "30"]
+        else:
+            evaluation = []
+        assert finetune(task, outputs[name], *STEPS, *evaluation, init_config=config_files[architecture]) == 0
     return outputs
 
 
@@ -44,6 +49,15 @@ def test_loss_goes_down(trained, name):
     assert len(losses) == 60 and all(map(torch.isfinite, torch.tensor(losses)))
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.9 * first, (first, last)
+
+
+def test_eval_splits_are_scored_as_the_original_scores_them(trained):
+    vqa, snli = _record(trained["vqav2"])["eval_metrics"], _record(trained["snli-ve"])["eval_metrics"]
+    assert vqa["eval_vqa_score"] > 0.9 and snli["eval_accuracy"] > 0.5  # learnt their training data
+    assert _record(trained["retrieval"])["eval_metrics"]["eval_loss"] > 0
+    assert _record(trained["nlvr2"])["eval_metrics"] is None
+    history = json.loads((trained["vqav2"] / "model" / "training.json").read_text())["losses"]
+    assert len(history) == 60  # evaluation entries are not training losses
 
 
 def test_the_folder_is_a_hub_folder_with_the_training_record(trained, training_data, config_files):
@@ -138,5 +152,6 @@ def test_push_to_hub_hands_the_written_folder_to_push_folder(finetune, config_fi
 
     monkeypatch.setattr("towerzoo.hub_cards.push.push_folder", push_folder)
     hub = ["--push-to-hub", "org/tiny-nlvr2", "--private", "--hub-token", "secret", "--max-steps", "1"]
+    hub += ["--dataloader-num-workers", "1"]  # the collator in a worker process
     assert finetune("nlvr2", tmp_path, *hub, init_config=config_files["bridgetower"]) == 0
     assert pushed == [(tmp_path / "model", "org/tiny-nlvr2", True, "secret", True)]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from evaluation_fixtures import tiny_model_folder
+from evaluation_fixtures import ANSWERS, tiny_model_folder
 from PIL import Image
 from safetensors.torch import load_file
 from testing_utils import run_without_towerzoo
@@ -128,3 +128,12 @@ def test_a_folder_with_the_tasks_head_keeps_it(finetune, config_files, tmp_path)
     )
     for key in before:
         torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+
+
+def test_a_vqa_folder_keeps_its_answer_vocabulary(finetune, tmp_path):
+    folder = tiny_model_folder(tmp_path / "vqa")  # a VQA head whose labels are evaluation_fixtures.ANSWERS
+    assert finetune("vqav2", tmp_path / "out", "--model", folder, "--image-size", "32", *FROZEN) == 0
+    record = json.loads((tmp_path / "out" / "model" / "training.json").read_text())
+    assert record["start"]["transfer"]["new"] == [] and not record["start"]["new_head"]
+    config = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
+    assert config["id2label"] == {str(k): v for k, v in enumerate(ANSWERS)}
