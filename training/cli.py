@@ -156,8 +156,10 @@ def _finetune(args: argparse.Namespace) -> int:
         print(f"towerzoo finetune: error: {error}", file=sys.stderr)
         return 2
     if "folder" in record:
-        loss = record["final_loss"]
-        print(f"trained {record['steps']} steps (last loss {loss:.4f}); wrote {record['folder']}")
+        last = "" if record["final_loss"] is None else f", last logged {record['final_loss']:.4f}"
+        print(
+            f"trained {record['steps']} steps (mean loss {record['mean_train_loss']:.4f}{last}); wrote {record['folder']}"
+        )
     if "pushed" in record:
         print(f"pushed to {record['pushed']}")
     return 0

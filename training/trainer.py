@@ -334,6 +334,8 @@ def training_arguments(options: FinetuneOptions, settings: dict, has_eval: bool)
         fsdp=options.fsdp or "",
         report_to=options.report_to,
         remove_unused_columns=False,
+        # without a GPU, torchrun's processes train together on CPU (gloo) only when asked for CPU
+        use_cpu=not torch.cuda.is_available(),
     )
 
 

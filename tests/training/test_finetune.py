@@ -3,7 +3,10 @@ Hub folder (code, processor, training.json, card) that `towerzoo eval` scores, a
 of an uninterrupted one."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -155,3 +158,31 @@ def test_push_to_hub_hands_the_written_folder_to_push_folder(finetune, config_fi
     hub += ["--dataloader-num-workers", "1"]  # the collator in a worker process
     assert finetune("nlvr2", tmp_path, *hub, init_config=config_files["bridgetower"]) == 0
     assert pushed == [(tmp_path / "model", "org/tiny-nlvr2", True, "secret", True)]
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_model(training_data, config_files, tiny_tokenizer_dir, tmp_path):
+    """torchrun with two CPU processes (gloo DDP, as on a GPU machine with NCCL): one run of world size 2, the folder
+    written once, by the main process."""
+    karpathy = training_data["retrieval"]
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "towerzoo.cli"),
+        *("finetune", "retrieval", "--init-config", config_files["bridgetower"], "--tokenizer", tiny_tokenizer_dir),
+        *("--output-dir", tmp_path, "--karpathy", karpathy["karpathy"], "--images", karpathy["images"]),
+        *(
+            "--splits",
+            "test",
+            "--per-device-train-batch-size",
+            "3",
+            "--max-steps",
+            "4",
+            "--dataloader-num-workers",
+            "0",
+        ),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote ") == 1
+    record = _record(tmp_path)
+    assert record["settings"]["world_size"] == 2 and record["steps"] == 4
