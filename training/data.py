@@ -200,13 +200,17 @@ def _json_lines(path: Path, required: tuple[str, ...], what: str) -> list[dict]:
     return records
 
 
+def named_labels(id2label: dict | None) -> bool:
+    """Whether a classifier's labels are names (not transformers' `LABEL_i` defaults)."""
+    return bool(id2label) and not all(str(v) == f"LABEL_{k}" for k, v in id2label.items())
+
+
 def class_label2id(model_id2label: dict | None, default_labels: tuple[str, ...], data_labels: set[str]) -> dict:
-    """The classifier's label → index: the model's named labels, or the original's order when the model has none
-    (transformers' `LABEL_i` defaults). Every label in the data must be one of them."""
-    named = model_id2label and not all(str(v) == f"LABEL_{k}" for k, v in model_id2label.items())
+    """The classifier's label → index: the model's named labels, or the original's order when the model has none.
+    Every label in the data must be one of them."""
     label2id = (
         {str(label): int(index) for index, label in model_id2label.items()}
-        if named
+        if named_labels(model_id2label)
         else {label: index for index, label in enumerate(default_labels)}
     )
     outside = sorted(data_labels - set(label2id))

@@ -29,6 +29,7 @@ from towerzoo.training.data import (
     load_retrieval_split,
     load_snli_ve_split,
     load_vqav2_split,
+    named_labels,
 )
 from towerzoo.training.loading import (
     TASK_MODELS,
@@ -218,9 +219,7 @@ def load_task_data(options: FinetuneOptions, source: ModelSource) -> tuple:
     model_labels = _model_labels(source, task)
     if task == "vqav2":
         _require(options, "questions", "annotations", "images")
-        label2id = None
-        if model_labels and not all(v == f"LABEL_{k}" for k, v in model_labels.items()):
-            label2id = {label: index for index, label in model_labels.items()}
+        label2id = {label: i for i, label in model_labels.items()} if named_labels(model_labels) else None
         train, label2id, fingerprints["train"] = load_vqav2_split(
             options.questions, options.annotations, options.images, label2id, options.min_answer_count, skip
         )
@@ -369,6 +368,21 @@ def save_model_folder(model, processor, folder: Path, record: dict) -> Path:
     return folder
 
 
+def trained_model(trainer: Trainer, model: torch.nn.Module) -> torch.nn.Module | None:
+    """The model to save: `model` itself, or, when FSDP or DeepSpeed may have sharded it, a fresh copy filled with
+    the gathered full weights on the main process (None on the others). Every process must call it."""
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return model
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if not trainer.is_world_process_zero():
+        return None
+    if isinstance(trainer.model, RetrievalObjective):
+        state = {key.removeprefix("model."): value for key, value in state.items()}
+    export = type(model)._from_config(model.config, dtype=torch.float32)
+    export.load_state_dict(state)
+    return export
+
+
 def _losses(log_history: list[dict]) -> list[list]:
     """[step, loss] of every logged training loss."""
     return [[entry["step"], entry["loss"]] for entry in log_history if "loss" in entry]
@@ -470,6 +484,7 @@ def finetune(options: FinetuneOptions) -> dict:
         },
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    model = trained_model(trainer, model)
     if trainer.is_world_process_zero():
         folder = save_model_folder(model.eval(), source.processor, Path(options.output_dir) / "model", record)
         record["folder"] = str(folder)
