@@ -3,8 +3,9 @@
 Every value comes from the run scripts of the original repositories (cited per recipe), read together with their
 `src/config.py` (`task_finetune_*` named configs: `max_text_len`, and `decay_power=1`, `end_lr=0`, `optim_type="adamw"`
 for all) and `src/modules/meter_utils.py` (`set_schedule`: AdamW with betas (0.9, 0.98) and eps 1e-8, six parameter
-groups, linear warm-up then linear decay to 0). `batch_size` is the total batch per optimizer step; the original
-reached it by gradient accumulation over `per_gpu_batchsize` × 8 GPUs, which `per_device_train_batch_size` keeps.
+groups, linear warm-up then linear decay to 0). `total_batch_size` is the script's `batch_size`, reached by gradient
+accumulation over `per_gpu_batchsize` (kept as `per_device_train_batch_size`) × GPUs, with the accumulation steps
+rounded down as the original's `run.py` rounds them.
 
 Not reproduced: the training-time image augmentation of the scripts (RandAugment variants, `*_randaug_*`) — towerzoo
 trains on the evaluation preprocessing — and, for ManagerTower retrieval, drawing hard negatives from the batch

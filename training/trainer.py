@@ -143,8 +143,9 @@ def effective_settings(recipe: Recipe, options: FinetuneOptions, scratch: bool) 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = settings["per_device_train_batch_size"] * world_size
     settings["world_size"] = world_size
+    # the original's run.py: batch_size // (per_gpu_batchsize × GPUs), at least 1
     settings["gradient_accumulation_steps"] = options.gradient_accumulation_steps or max(
-        1, round(settings["total_batch_size"] / per_step)
+        1, settings["total_batch_size"] // per_step
     )
     settings["total_batch_size"] = per_step * settings["gradient_accumulation_steps"]
     return settings

@@ -152,6 +152,11 @@ def test_settings_take_the_recipe_then_the_overrides(monkeypatch):
     assert effective_settings(recipe, options, scratch=True)["image_size"] is None
     options.gradient_accumulation_steps = 3
     assert effective_settings(recipe, options, scratch=False)["total_batch_size"] == 96
+    # 504 // (4 × 2) = 63: the original's floor division (ManagerTower's 504 over 8 GPUs of 4 gives 15 steps, 480)
+    settings = effective_settings(
+        RECIPES["managertower-vqav2"], FinetuneOptions(task="vqav2", output_dir=Path("x")), False
+    )
+    assert settings["gradient_accumulation_steps"] == 63 and settings["total_batch_size"] == 504
 
 
 def test_optimizer_state_is_all_trainable_parameters():
