@@ -116,17 +116,23 @@ def test_towerzoo_eval_scores_the_saved_folders(trained, training_data, tmp_path
     assert set(results["metrics"]) >= {"ir_r1", "tr_r1", "r_mean"}
 
 
-@pytest.mark.parametrize("task", ["vqav2", "retrieval"])
-def test_resuming_from_a_checkpoint_ends_with_the_uninterrupted_weights(task, finetune, config_files, tmp_path):
+# ManagerTower draws training noise for its layer scores from torch's generator: the resumed run must restore it
+@pytest.mark.parametrize(
+    ("task", "architecture"), [("vqav2", "bridgetower"), ("retrieval", "bridgetower"), ("snli-ve", "managertower")]
+)
+def test_resuming_from_a_checkpoint_ends_with_the_uninterrupted_weights(
+    task, architecture, finetune, config_files, tmp_path
+):
     steps = ["--max-steps", "6", "--save-steps", "3", "--learning-rate", "1e-3"]
+    scratch = {"init_config": config_files[architecture]}
     whole = tmp_path / "whole"
-    assert finetune(task, whole, *steps, init_config=config_files["bridgetower"]) == 0
+    assert finetune(task, whole, *steps, **scratch) == 0
     assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-6"]
     # a run killed after step 3: its output folder holds checkpoint-3 only; `last` picks it up
     killed = tmp_path / "killed"
     shutil.copytree(whole / "checkpoints" / "checkpoint-3", killed / "checkpoints" / "checkpoint-3")
     resumed = ["--resume-from-checkpoint", "last"]
-    assert finetune(task, killed, *steps, *resumed, init_config=config_files["bridgetower"]) == 0
+    assert finetune(task, killed, *steps, *resumed, **scratch) == 0
 
     expected, got = load_file(whole / "model" / "model.safetensors"), load_file(killed / "model" / "model.safetensors")
     assert expected.keys() == got.keys()
@@ -141,7 +147,7 @@ def test_resuming_from_a_checkpoint_ends_with_the_uninterrupted_weights(task, fi
     weights = load_file(tampered / "model.safetensors")
     key = next(k for k in weights if k.endswith("token_type_embeddings.weight"))
     save_file({**weights, key: weights[key] + 0.5}, tampered / "model.safetensors", metadata={"format": "pt"})
-    assert finetune(task, tmp_path / "tampered", *steps, *resumed, init_config=config_files["bridgetower"]) == 0
+    assert finetune(task, tmp_path / "tampered", *steps, *resumed, **scratch) == 0
     nudged = load_file(tmp_path / "tampered" / "model" / "model.safetensors")
     assert not torch.equal(nudged[key.removeprefix("model.")], expected[key.removeprefix("model.")])
 
