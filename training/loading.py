@@ -18,7 +18,7 @@ import importlib
 import logging
 import sys
 import types
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -131,7 +131,7 @@ class TransferReport:
     dropped: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"loaded": self.loaded, "new": self.new, "adapted": self.adapted, "dropped": self.dropped}
+        return asdict(self)
 
 
 def resize_position_table(table: torch.Tensor, num_positions: int) -> torch.Tensor:

@@ -57,7 +57,8 @@ class RetrievalObjective(nn.Module):
         self._no_split_modules = getattr(model, "_no_split_modules", None)
 
     def forward(self, input_ids, attention_mask, pixel_values, image_ids, return_loss: bool = True) -> dict:
-        """`image_ids` (`(batch,)`): which image each caption belongs to (equal ids are positives)."""
+        """`image_ids` (`(batch,)`): which image each caption belongs to (equal ids are positives). `return_loss` is
+        only declared so that `Trainer` evaluates this module by its loss; the loss is always computed."""
         model, base = self.model, self.model.base_model
         with torch.no_grad():
             model.logit_scale.clamp_(*LOGIT_SCALE_RANGE)
