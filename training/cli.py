@@ -18,7 +18,7 @@ TASK_HELP = {
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (--model, or --init-config with --tokenizer)")
+    group = parser.add_argument_group("model (--model, or --init-config with --tokenizer) and output")
     group.add_argument("--model", help="towerzoo Hub folder or repo id to start from (loaded with its own code)")
     group.add_argument("--init-config", type=Path, help="config.json of a towerzoo architecture: start from scratch")
     group.add_argument(
