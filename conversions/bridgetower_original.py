@@ -339,7 +339,7 @@ class OriginalLayout:
     num_token_types: int
     heads: list[str] = field(default_factory=list)
     task_head_layers: int | None = None
-    head_hidden_scale: int | None = None
+    head_hidden_scale: float | None = None
     num_labels: int | None = None
     contrastive_hidden_size: int | None = None
 
@@ -495,12 +495,13 @@ def _read_classifier_heads(sd: dict, layout: OriginalLayout) -> None:
             )
         if depth == 2:
             width = _shape(sd, f"{name}.0.weight")[0]
-            if width % (2 * hidden_size):
+            scale = width / (2 * hidden_size)
+            layout.head_hidden_scale = int(scale) if scale.is_integer() else scale
+            if int(2 * hidden_size * layout.head_hidden_scale) != width:
                 raise ConversionError(
-                    f"{name} is {width} wide, not a whole multiple of 2·hidden_size = {2 * hidden_size}; towerzoo's "
-                    "head_hidden_scale must be an integer."
+                    f"{name} is {width} wide, which no head_hidden_scale gives as int(2·hidden_size·scale) with "
+                    f"hidden_size {hidden_size}."
                 )
-            layout.head_hidden_scale = width // (2 * hidden_size)
     if "nlvr2" in layout.heads and layout.num_token_types != 3:
         raise ConversionError(
             f"an NLVR2 checkpoint needs 3 token types (text, image 1, image 2); token_type_embeddings has "

@@ -221,21 +221,14 @@ def build_task_model(source: ModelSource, spec: TaskModelSpec) -> tuple[torch.nn
         if spec.task_head_layers is not None:
             config.task_head_layers = spec.task_head_layers
         if spec.head_hidden_scale is not None:
-            scale = spec.head_hidden_scale  # a whole number as an int: the classifier's width must be one
-            config.head_hidden_scale = int(scale) if float(scale).is_integer() else scale
+            config.head_hidden_scale = spec.head_hidden_scale
     if spec.image_size is not None and spec.image_size != config.vision_config.image_size:
         patch = config.vision_config.patch_size
         if spec.image_size % patch:
             raise TrainingError(f"--image-size {spec.image_size} is not a multiple of the patch size {patch}.")
         config.vision_config.image_size = spec.image_size
     torch.manual_seed(spec.seed)
-    try:
-        model = model_class._from_config(config, dtype=torch.float32, attn_implementation=spec.attn_implementation)
-    except TypeError as error:
-        raise TrainingError(
-            f"cannot build {class_name} with task_head_layers={config.task_head_layers}, "
-            f"head_hidden_scale={config.head_hidden_scale} ({error}); pass --head-hidden-scale with a whole number."
-        ) from None
+    model = model_class._from_config(config, dtype=torch.float32, attn_implementation=spec.attn_implementation)
     if source.model is None:
         return model, TransferReport(), True
     skip = tuple(HEADS[head][0] for head in heads) if head_is_new else ()

@@ -145,7 +145,7 @@ class BridgeTowerConfig(PretrainedConfig):
         num_token_types (`int`, defaults to 2): rows of the modality-type table (0 text, 1 image); 3 for NLVR2, whose
             two images use types 1 and 2.
         task_head_layers (`int`, defaults to 2): depth of the VQA/SNLI-VE/NLVR2 classifiers (1 or 2).
-        head_hidden_scale (`int`, defaults to 2): the 2-layer classifiers are `2·hidden_size·head_hidden_scale` wide.
+        head_hidden_scale (`float`, defaults to 2): the 2-layer classifiers are `int(2·hidden_size·head_hidden_scale)` wide.
         contrastive_hidden_size (`int`, defaults to 512): width of the ITC embeddings (the original uses 256).
         contrastive_image_features (`str`, defaults to `"cross_modal_transform"`): what the ITC image head reads:
             `uni_modal` is the original (last ViT block after its post-LayerNorm), `cross_modal_transform` is
@@ -182,7 +182,7 @@ class BridgeTowerConfig(PretrainedConfig):
         share_cross_modal_transformer_layers: bool = True,
         num_token_types: int = 2,
         task_head_layers: int = 2,
-        head_hidden_scale: int = 2,
+        head_hidden_scale: float = 2,
         contrastive_hidden_size: int = 512,
         contrastive_image_features: str = "cross_modal_transform",
         contrastive_cross_modal_head: bool = True,

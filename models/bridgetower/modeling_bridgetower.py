@@ -559,7 +559,7 @@ class BridgeTowerForPreTraining(_ContrastiveHeads, BridgeTowerPreTrainedModel):
 
 
 def _classifier(config: BridgeTowerConfig, in_features: int) -> ClassifierHead:
-    hidden = config.hidden_size * 2 * config.head_hidden_scale
+    hidden = int(config.hidden_size * 2 * config.head_hidden_scale)  # the original's int(): scale 1.5 exists
     return ClassifierHead(in_features, hidden, config.num_labels, config.task_head_layers)
 
 

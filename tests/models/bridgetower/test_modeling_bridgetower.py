@@ -66,6 +66,14 @@ def test_nlvr2_uses_token_types_one_and_two():
             bt.BridgeTowerModel(tiny_bridgetower_config())(input_ids, pixel_values=pair[:, 0], image_token_type_idx=2)
 
 
+def test_fractional_head_hidden_scale_gives_the_originals_width():
+    """The original's NLVR2 recipe uses head_hidden_scale 1.5: its classifiers are int(2·hidden·scale) wide."""
+    config = tiny_bridgetower_config(num_token_types=3, num_labels=2, task_head_layers=2, head_hidden_scale=1.5)
+    model = bt.BridgeTowerForNLVR2(config)
+    first = model.nlvr2_classifier.dense.weight
+    assert first.shape == (int(2 * config.hidden_size * 1.5), 4 * config.hidden_size)
+
+
 def test_vqa_loss_is_the_originals_scaled_bce():
     config = tiny_bridgetower_config(id2label={i: str(i) for i in range(NUM_ANSWERS)})
     model = bt.BridgeTowerForVisualQuestionAnswering(config).eval()
