@@ -2,8 +2,10 @@
 official on-disk formats the evaluation harnesses read (VQAv2 questions/annotations JSON with COCO-named images; a
 Karpathy-split JSON), so a small model can be trained and evaluated end to end offline.
 
-A scene holds 2-5 non-overlapping shapes (circle, square, triangle; five colours; at most three of a kind of shape),
-and no two scenes of a split hold the same objects, so every caption (which names every object) fits one image.
+A scene holds 2-5 shapes (circle, square, triangle; five colours; at most three of a kind of shape), each in its own
+cell of a 4 x 4 grid (16-px cells on the default 64-px canvas, so a ViT with 16-px patches sees at most one object per
+patch, which lets a small model learn the task in minutes on a CPU), and no two scenes of an evaluation split hold the
+same objects, so every caption (which names every object) fits one image.
 Each image gets one question of each type, with answers balanced within the type across the split:
 
 - `color`  "what color is the circle?"         (a shape that occurs once)  → red, green, blue, yellow, purple
@@ -34,6 +36,7 @@ COLORS = {
 SHAPES = ("circle", "square", "triangle")
 BACKGROUND = (235, 235, 235)
 MAX_PER_SHAPE = 3
+GRID = 4  # objects sit in distinct cells of a GRID x GRID grid
 COUNT_WORDS = {1: "a", 2: "two", 3: "three"}
 # question type → (phrasings, the annotation's question_type and answer_type, the closed answer set)
 QUESTION_TYPES = {
@@ -161,26 +164,16 @@ def _random_inventory(rng: np.random.Generator, min_objects: int = 2, max_object
             return [(colors[c], SHAPES[s]) for c, s in zip(color_ids.tolist(), shape_ids.tolist())]
 
 
-def _place(rng: np.random.Generator, objects: list[tuple[str, str]], canvas_size: int) -> Scene | None:
-    """Random sizes and positions without overlap (bounding squares at least 2 px apart); None if it did not fit."""
-    low, high = max(4, round(0.16 * canvas_size)), max(5, round(0.24 * canvas_size))
-    placed: list[Shape] = []
-    for color, shape in objects:
-        for _ in range(100):
-            size = int(rng.integers(low, high + 1))
-            half = size // 2
-            x = int(rng.integers(half + 1, canvas_size - size + half - 1))
-            y = int(rng.integers(half + 1, canvas_size - size + half - 1))
-            candidate = Shape(shape, color, x, y, size)
-            a = candidate.box()
-            if all(
-                a[2] + 2 < b[0] or b[2] + 2 < a[0] or a[3] + 2 < b[1] or b[3] + 2 < a[1]
-                for b in map(Shape.box, placed)
-            ):
-                placed.append(candidate)
-                break
-        else:
-            return None
+def _place(rng: np.random.Generator, objects: list[tuple[str, str]], canvas_size: int) -> Scene:
+    """Each object in its own random cell of the grid, at a random size (60% of the cell to 2 px less than it) and
+    offset, at least 1 px inside the cell."""
+    cell = canvas_size // GRID
+    placed = []
+    for (color, shape), index in zip(objects, rng.permutation(GRID * GRID).tolist()):
+        size = int(rng.integers(round(0.6 * cell), cell - 1))
+        left = index % GRID * cell + int(rng.integers(1, cell - size))
+        top = index // GRID * cell + int(rng.integers(1, cell - size))
+        placed.append(Shape(shape, color, left + size // 2, top + size // 2, size))
     return Scene(tuple(placed), canvas_size)
 
 
@@ -198,6 +191,16 @@ def _subjects(inventory: Counter, kind: str, target: str) -> list[tuple[str, ...
         hard = [s for s in found if any(s[0] == color or s[1] == shape for color, shape in inventory)]
         found = hard or found
     return found
+
+
+def _answerable(inventory: Counter, wanted: dict[str, str]) -> dict[str, list[tuple[str, ...]]] | None:
+    """For each question type, the subjects whose answer is the wanted one; None if a type has none."""
+    options = {}
+    for kind, target in wanted.items():
+        options[kind] = _subjects(inventory, kind, target)
+        if not options[kind]:
+            return None
+    return options
 
 
 def _object_phrase(color: str, shape: str, count: int) -> str:
@@ -241,27 +244,20 @@ def generate_examples(
     targets = {kind: _balanced_targets(rng, spec[3], num_images) for kind, spec in QUESTION_TYPES.items()}
     seen, examples = set(), []
     for index in range(num_images):
+        wanted = {kind: answers[index] for kind, answers in targets.items()}
         for _ in range(MAX_DRAWS):
             objects = _random_inventory(rng)
-            inventory = Counter(objects)
-            key = tuple(sorted(inventory.items()))
-            if distinct and key in seen:
-                continue
-            options = {}
-            for kind in QUESTION_TYPES:
-                options[kind] = _subjects(inventory, kind, targets[kind][index])
-                if not options[kind]:
-                    break
-            else:
-                scene = _place(rng, objects, canvas_size)
-                if scene is not None:
-                    break
+            key = tuple(sorted(Counter(objects).items()))
+            options = None if distinct and key in seen else _answerable(Counter(objects), wanted)
+            if options is not None:
+                break
         else:
             raise ValueError(
                 f"found no new scene for image {index + 1} of {num_images} after {MAX_DRAWS} draws: that many "
                 "distinct scenes do not exist; pass distinct=False (training splits)."
             )
         seen.add(key)
+        scene = _place(rng, objects, canvas_size)
         questions = []
         for kind, subjects in options.items():
             subject = subjects[int(rng.integers(len(subjects)))]

@@ -122,11 +122,13 @@ def test_written_answers_are_right_and_balanced_and_scenes_are_distinct(dataset)
 
 
 def test_images_on_disk_keep_each_shape_colour(dataset):
+    """JPEG changes flat colours by a few levels; the centre stays closest to its own colour."""
     for example in shapes.generate_examples(NUM_IMAGES, seed=3, split="test")[:6]:
         pixels = np.asarray(Image.open(dataset["vqa_images"] / shapes.image_name("test", example.image_id)))
         for shape in example.scene.objects:
-            difference = np.abs(pixels[shape.y, shape.x].astype(int) - shapes.COLORS[shape.color])
-            assert difference.max() <= 12, (shape, pixels[shape.y, shape.x])
+            pixel = pixels[shape.y, shape.x].astype(int)
+            nearest = min(shapes.COLORS, key=lambda name: np.abs(pixel - shapes.COLORS[name]).sum())
+            assert nearest == shape.color and np.abs(pixel - shapes.COLORS[shape.color]).max() <= 24, (shape, pixel)
 
 
 def test_files_load_through_the_harness_loaders(dataset):
@@ -219,3 +221,15 @@ def test_too_many_distinct_scenes_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(shapes, "MAX_DRAWS", 1)
     with pytest.raises(ValueError, match="distinct=False"):
         shapes.generate_examples(50, seed=0)
+
+
+def test_each_object_sits_inside_its_own_grid_cell():
+    for example in shapes.generate_examples(40, seed=5, split="val"):
+        cells = []
+        for shape in example.scene.objects:
+            left, top, right, bottom = shape.box()
+            cell = 64 // shapes.GRID
+            assert left // cell == right // cell and top // cell == bottom // cell, shape
+            assert left % cell >= 1 and top % cell >= 1
+            cells.append((left // cell, top // cell))
+        assert len(set(cells)) == len(cells)
