@@ -23,6 +23,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,25 +39,31 @@ BACKGROUND = (235, 235, 235)
 MAX_PER_SHAPE = 3
 GRID = 4  # objects sit in distinct cells of a GRID x GRID grid
 COUNT_WORDS = {1: "a", 2: "two", 3: "three"}
-# question type → (phrasings, the annotation's question_type and answer_type, the closed answer set)
+
+
+class QuestionType(NamedTuple):
+    phrasings: tuple[str, ...]  # templates filled with the question's subject
+    question_type: str  # the annotation's `question_type` (VQAv2 names types by their first words)
+    answer_type: str  # the annotation's `answer_type`: "yes/no", "number" or "other"
+    answers: tuple[str, ...]  # the closed answer set
+
+
 QUESTION_TYPES = {
-    "color": (("what color is the {}?", "which color is the {}?"), "what color is the", "other", tuple(COLORS)),
-    "count": (
-        ("how many {}s are there?", "how many {}s are in the picture?"),
-        "how many",
-        "number",
-        ("0", "1", "2", "3"),
+    "color": QuestionType(
+        ("what color is the {}?", "which color is the {}?"), "what color is the", "other", tuple(COLORS)
     ),
-    "exists": (("is there a {} {}?", "is there a {} {} in the picture?"), "is there a", "yes/no", ("yes", "no")),
-    "shape": (
-        ("what shape is the {} object?", "what is the shape of the {} object?"),
-        "what shape is",
-        "other",
-        SHAPES,
+    "count": QuestionType(
+        ("how many {}s are there?", "how many {}s are in the picture?"), "how many", "number", ("0", "1", "2", "3")
+    ),
+    "exists": QuestionType(
+        ("is there a {} {}?", "is there a {} {} in the picture?"), "is there a", "yes/no", ("yes", "no")
+    ),
+    "shape": QuestionType(
+        ("what shape is the {} object?", "what is the shape of the {} object?"), "what shape is", "other", SHAPES
     ),
 }
 # the answer vocabulary of a VQA head for this task (id2label order)
-ANSWERS = tuple(dict.fromkeys(answer for *_, answers in QUESTION_TYPES.values() for answer in answers))
+ANSWERS = tuple(dict.fromkeys(answer for kind in QUESTION_TYPES.values() for answer in kind.answers))
 CAPTION_TEMPLATES = (
     "{}",
     "there {} {}",
@@ -103,7 +110,7 @@ class Question:
 
     @property
     def text(self) -> str:
-        return QUESTION_TYPES[self.question_type][0][self.phrasing].format(*self.subject)
+        return QUESTION_TYPES[self.question_type].phrasings[self.phrasing].format(*self.subject)
 
 
 @dataclass(frozen=True)
@@ -241,7 +248,7 @@ def generate_examples(
     needs). There are only 12,800 possible sets of objects, fewer for each combination of answers, so this is for
     evaluation splits (up to a few thousand images); training splits pass `distinct=False`."""
     rng = _split_rng(seed, split)
-    targets = {kind: _balanced_targets(rng, spec[3], num_images) for kind, spec in QUESTION_TYPES.items()}
+    targets = {kind: _balanced_targets(rng, spec.answers, num_images) for kind, spec in QUESTION_TYPES.items()}
     seen, examples = set(), []
     for index in range(num_images):
         wanted = {kind: answers[index] for kind, answers in targets.items()}
@@ -261,7 +268,7 @@ def generate_examples(
         questions = []
         for kind, subjects in options.items():
             subject = subjects[int(rng.integers(len(subjects)))]
-            phrasing = int(rng.integers(len(QUESTION_TYPES[kind][0])))
+            phrasing = int(rng.integers(len(QUESTION_TYPES[kind].phrasings)))
             questions.append((Question(kind, subject, phrasing), targets[kind][index]))
         examples.append(Example(index + 1, scene, tuple(questions), tuple(captions(scene, rng))))
     return examples
@@ -292,14 +299,14 @@ def write_shapes_dataset(
         render(example.scene).save(images / name, quality=95, subsampling=0)
         for k, (question, target) in enumerate(example.questions):
             question_id = example.image_id * 1000 + k
-            _, question_type, answer_type, _ = QUESTION_TYPES[question.question_type]
+            kind = QUESTION_TYPES[question.question_type]
             questions.append({"image_id": example.image_id, "question": question.text, "question_id": question_id})
             annotations.append(
                 {
                     "question_id": question_id,
                     "image_id": example.image_id,
-                    "question_type": question_type,
-                    "answer_type": answer_type,
+                    "question_type": kind.question_type,
+                    "answer_type": kind.answer_type,
                     "multiple_choice_answer": target,
                     "answers": [{"answer": target, "answer_confidence": "yes", "answer_id": i + 1} for i in range(10)],
                 }
@@ -341,7 +348,7 @@ def vqa_baselines(annotations: Path) -> dict[str, dict[str, float]]:
     (`what color is the`, ...), per answer type (as the VQAv2 harness reports) and overall: `chance` answers
     uniformly from the type's answers, `majority` gives the type's most common answer in these annotations."""
     rows = json.loads(Path(annotations).read_text())["annotations"]
-    answer_sets = {spec[1]: spec[3] for spec in QUESTION_TYPES.values()}
+    answer_sets = {kind.question_type: kind.answers for kind in QUESTION_TYPES.values()}
     by_type: dict[str, Counter] = {}
     for row in rows:
         by_type.setdefault(row["question_type"], Counter())[row["multiple_choice_answer"]] += 1

@@ -114,8 +114,8 @@ def test_written_answers_are_right_and_balanced_and_scenes_are_distinct(dataset)
             assert shapes.answer(example.scene, question) == target == row["multiple_choice_answer"]
             assert [a["answer"] for a in row["answers"]] == [target] * 10
             per_type[question.question_type, target] += 1
-    for kind, (_, _, _, answers) in shapes.QUESTION_TYPES.items():
-        counts = [per_type[kind, answer] for answer in answers]
+    for kind, spec in shapes.QUESTION_TYPES.items():
+        counts = [per_type[kind, answer] for answer in spec.answers]
         assert max(counts) - min(counts) <= 1 and sum(counts) == NUM_IMAGES, (kind, counts)
     inventories = [tuple(sorted(e.scene.inventory().items())) for e in examples]
     assert len(set(inventories)) == NUM_IMAGES
@@ -180,12 +180,15 @@ def test_the_harnesses_run_on_the_generated_set(dataset, tmp_path):
 
 def test_vqa_baselines_are_the_blind_guessers_accuracies(dataset):
     baselines = shapes.vqa_baselines(dataset["annotations"])
-    chance = {kind: baselines["per_question_type"][spec[1]]["chance"] for kind, spec in shapes.QUESTION_TYPES.items()}
+    chance = {
+        kind: baselines["per_question_type"][spec.question_type]["chance"]
+        for kind, spec in shapes.QUESTION_TYPES.items()
+    }
     assert chance == {"color": 20.0, "count": 25.0, "exists": 50.0, "shape": 33.33}
     # balanced answers: the majority guess is chance, up to the remainder of NUM_IMAGES / number of answers
     for kind, spec in shapes.QUESTION_TYPES.items():
-        majority = baselines["per_question_type"][spec[1]]["majority"]
-        expected = 100 * -(-NUM_IMAGES // len(spec[3])) / NUM_IMAGES
+        majority = baselines["per_question_type"][spec.question_type]["majority"]
+        expected = 100 * -(-NUM_IMAGES // len(spec.answers)) / NUM_IMAGES
         assert majority == pytest.approx(expected, abs=0.01), kind
     assert baselines["per_answer_type"]["other"]["chance"] == pytest.approx((20 + 100 / 3) / 2, abs=0.01)
     assert baselines["overall"]["chance"] == pytest.approx((20 + 25 + 50 + 100 / 3) / 4, abs=0.01)
