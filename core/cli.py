@@ -80,12 +80,6 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from towerzoo.demo import main as demo_main
-
-    return demo_main(["--output-dir", str(args.output_dir)] if args.output_dir else [])
-
-
 # modules that add their own subcommands: each exposes `add_parsers(commands)` (argparse subparsers) and sets a
 # `handler(args) -> int` default on every parser it adds
 SUBCOMMAND_MODULES = (
@@ -94,6 +88,7 @@ SUBCOMMAND_MODULES = (
     "towerzoo.registry",
     "towerzoo.hub_cards.card",
     "towerzoo.training.cli",
+    "towerzoo.demo",
 )
 
 
@@ -122,9 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(handler=_convert)
     for module in SUBCOMMAND_MODULES:
         importlib.import_module(module).add_parsers(commands)
-    demo = commands.add_parser("demo", help="convert a small model and load it as a Hub user would (offline)")
-    demo.add_argument("--output-dir", type=Path, help="keep the work here (default: a temporary folder)")
-    demo.set_defaults(handler=_demo)
     return parser
 
 

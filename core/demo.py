@@ -1,95 +1,158 @@
-"""`towerzoo demo`: the zoo's round trip on this machine, offline.
+"""`towerzoo demo`: the zoo's whole loop on an embedded model, offline, in about a minute on a laptop CPU.
 
-1. Builds a small BridgeTower in transformers' own layout (a stand-in for a `BridgeTower/...` Hub download) and a
-   small RoBERTa-style tokenizer.
-2. Converts it with `towerzoo convert bridgetower-transformers` into a verified Hub folder.
-3. Loads that folder the way a Hub user does — `AutoModel…from_pretrained(folder, trust_remote_code=True)` in a
-   separate Python process that cannot import towerzoo — and scores an image against two captions with ITM.
-The weights are random, so the scores carry no meaning; what the demo shows is the path a checkpoint takes.
+The repository carries a small BridgeTower that this project trained from scratch on its procedurally generated
+shapes task (`towerzoo.shapes`; the training script is `scripts/train_demo_model.py`): one folder with the VQA head,
+one with the ITM and ITC heads. The demo
+
+1. writes each as a Hub folder — code, config with `auto_map`, weights, processor — and loads it the way a Hub user
+   does, in a fresh process that cannot import towerzoo (`trust_remote_code=True`, offline);
+2. generates a held-out test set in the official formats (VQAv2 questions/annotations JSON, a Karpathy split);
+3. scores the folders with the VQAv2 and the image-text retrieval harnesses (`towerzoo eval vqav2|retrieval`);
+4. prints the scores next to blind and random baselines, and writes each folder's model card with the results as
+   `model-index`.
 """
 
 import argparse
 import json
-import subprocess
-import sys
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
-USER_SCRIPT = """
-import importlib.abc, sys
-class NoTowerzoo(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "towerzoo":
-            raise ImportError("a Hub user does not have towerzoo")
-sys.meta_path.insert(0, NoTowerzoo())
-import torch
-from PIL import Image, ImageDraw
-from transformers import AutoModelForSequenceClassification, AutoProcessor
-folder = sys.argv[1]
-model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
-processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-image = Image.new("RGB", (96, 64), "skyblue")
-ImageDraw.Draw(image).ellipse((30, 20, 60, 50), fill="orange")
-captions = ["a cat sits on the mat", "two dogs play in the park"]
-inputs = processor(images=[image] * len(captions), text=captions)
-with torch.no_grad():
-    scores = model(**inputs).logits.softmax(-1)[:, 1]
-print(f"loaded {type(model).__name__} from {type(model).__module__} with {model.config._attn_implementation}")
-for caption, score in zip(captions, scores):
-    print(f"  ITM p(match) = {score:.3f}  {caption!r}")
-"""
+ASSETS = Path(__file__).resolve().parent / "assets"
+ENTRY = "towerzoo-shapes-bridgetower"
+# the embedded models' folders under towerzoo/assets/ (weights, config, processor files; no code: it comes from
+# models/ when the Hub folder is written) and the training facts that travel with them
+MODELS = {"vqav2": "shapes-bridgetower-vqa", "retrieval": "shapes-bridgetower-retrieval"}
+TRAINING_FILES = ("training.json",)
+# the held-out set: the training script uses split "train"; the generator draws another split's scenes independently
+TEST_SPLIT = "test"
 
 
-def _source_checkpoint(folder: Path) -> None:
-    import torch
-    import transformers
+def write_hub_folder_from_asset(asset: Path, output_dir: Path) -> Path:
+    """The embedded model as a Hub folder: loaded with towerzoo's class, saved with the code it needs."""
+    from towerzoo.conversions.bridgetower_folder import exposed_classes
+    from towerzoo.conversions.hub_folder import write_hub_folder
+    from towerzoo.models import bridgetower
+    from towerzoo.models.bridgetower.processing_bridgetower import BridgeTowerProcessor
 
-    torch.manual_seed(0)
-    config = transformers.BridgeTowerConfig(
-        text_config={
-            "vocab_size": 297,
-            "hidden_size": 128,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "intermediate_size": 256,
-            "max_position_embeddings": 64,
-        },
-        vision_config={"hidden_size": 128, "num_hidden_layers": 4, "image_size": 64, "patch_size": 16},
-        hidden_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+    config = json.loads((asset / "config.json").read_text())
+    model = getattr(bridgetower, config["architectures"][0]).from_pretrained(asset).eval()
+    processor = BridgeTowerProcessor.from_pretrained(asset)
+    folder = write_hub_folder(model, output_dir, exposed=exposed_classes(model), processor=processor, overwrite=True)
+    for name in TRAINING_FILES:
+        if (asset / name).is_file():
+            shutil.copy2(asset / name, folder / name)
+    return folder
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def score_table(vqa: dict, retrieval: dict, vqa_baselines: dict, retrieval_chance: dict) -> str:
+    """The demo's results next to what a blind or random model would score (percent)."""
+    rows = [("task", "metric", "towerzoo-shapes", "chance", "blind majority")]
+    metrics = vqa["metrics"]
+    rows.append(("VQA (VQAv2 format)", "accuracy", f"{metrics['accuracy']:.2f}", *_baseline(vqa_baselines["overall"])))
+    for answer_type, value in sorted(metrics["per_answer_type"].items()):
+        baseline = vqa_baselines["per_answer_type"].get(answer_type, {})
+        rows.append(("", f"  answer type {answer_type!r}", f"{value:.2f}", *_baseline(baseline)))
+    names = {"ir_r1": "image R@1 (caption → image)", "ir_r5": "image R@5", "tr_r1": "text R@1 (image → caption)"}
+    names["tr_r5"] = "text R@5"
+    for key, label in names.items():
+        rows.append(
+            (
+                "Retrieval (Karpathy format)",
+                label,
+                f"{retrieval['metrics'][key]:.2f}",
+                f"{retrieval_chance[key]:.2f}",
+                "-",
+            )
+        )
+    return _table(rows)
+
+
+def _baseline(baseline: dict) -> tuple[str, str]:
+    return tuple(f"{baseline[name]:.2f}" if name in baseline else "-" for name in ("chance", "majority"))
+
+
+def run_demo(work_dir: Path, num_images: int = 200, seed: int = 0, batch_size: int = 50) -> int:
+    from tqdm.auto import tqdm
+
+    from towerzoo.conversions.hub_folder import check_folder_loads
+    from towerzoo.evaluation.retrieval import RetrievalOptions, evaluate_retrieval
+    from towerzoo.evaluation.vqav2 import VQAv2Options, evaluate_vqav2
+    from towerzoo.hub_cards.card import write_card
+    from towerzoo.shapes import retrieval_chance, vqa_baselines, write_shapes_dataset
+
+    started = time.time()
+    print(f"1. the embedded models as Hub folders, each loaded in a fresh process without towerzoo ({ASSETS})")
+    folders = {}
+    for task, name in tqdm(MODELS.items(), desc="hub folders", unit="folder"):
+        folders[task] = write_hub_folder_from_asset(ASSETS / name, work_dir / name)
+        check_folder_loads(folders[task])
+    for folder in folders.values():
+        print(f"   {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
+
+    print(f"2. a held-out shapes test set: {num_images} images, {4 * num_images} questions, {5 * num_images} captions")
+    data = write_shapes_dataset(work_dir / "data", num_images, seed=seed, split=TEST_SPLIT)
+
+    print("3. towerzoo eval vqav2 and towerzoo eval retrieval on it")
+    results_dir = work_dir / "results"
+    common = {"batch_size": batch_size, "num_workers": 0, "work_dir": work_dir / "eval-work"}
+    vqa = evaluate_vqav2(
+        VQAv2Options(
+            model=str(folders["vqav2"]),
+            questions=data["questions"],
+            annotations=data["annotations"],
+            images=data["vqa_images"],
+            output=results_dir / "vqav2.json",
+            **common,
+        )
     )
-    transformers.BridgeTowerForImageAndTextRetrieval(config).save_pretrained(folder)
-
-
-def run_demo(work_dir: Path) -> int:
-    from towerzoo.conversions.bridgetower_transformers import run as convert
-    from towerzoo.tiny import build_tiny_tokenizer
-
-    print("1. building a small BridgeTower in transformers' layout and a small tokenizer")
-    _source_checkpoint(work_dir / "source")
-    tokenizer = build_tiny_tokenizer(work_dir / "tokenizer")
-    print("2. towerzoo convert bridgetower-transformers")
-    folder = convert(work_dir / "source", work_dir / "hub-folder", tokenizer=Path(tokenizer), overwrite=True)
-    verification = json.loads((folder / "verification.json").read_text())
-    print(f"   wrote {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
-    print(
-        f"   max |towerzoo - transformers| = {verification['max_abs_diff']:.2e} over {len(verification['max_abs_diff_per_output'])} outputs"
+    retrieval = evaluate_retrieval(
+        RetrievalOptions(
+            model=str(folders["retrieval"]),
+            karpathy=data["karpathy"],
+            images=data["karpathy_images"],
+            split=TEST_SPLIT,
+            k=8,
+            cache_dir=work_dir / "embedding-cache",
+            output=results_dir / "retrieval.json",
+            **common,
+        )
     )
-    print("3. loading it as a Hub user would, in a fresh process without towerzoo")
-    result = subprocess.run([sys.executable, "-I", "-c", USER_SCRIPT, str(folder)], capture_output=True, text=True)
-    print(result.stdout.rstrip())
-    if result.returncode:
-        print(result.stderr[-2000:], file=sys.stderr)
-    return result.returncode
+
+    print("4. results (percent), and the model cards")
+    print(_table_indent(score_table(vqa, retrieval, vqa_baselines(data["annotations"]), retrieval_chance(num_images))))
+    for task, folder in folders.items():
+        card = write_card(folder, results=[results_dir / f"{task}.json"], entry=ENTRY)
+        print(f"   wrote {card}")
+    print(f"done in {time.time() - started:.0f} s; push a folder with `towerzoo push FOLDER org/name`")
+    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="towerzoo demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", type=Path, help="keep the work here (default: a temporary folder)")
-    args = parser.parse_args(argv)
+def _table_indent(text: str) -> str:
+    return "\n".join(f"   {line}" for line in text.splitlines())
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.num_images < 10:
+        raise SystemExit(f"towerzoo demo: error: --num-images must be at least 10, got {args.num_images}")
     if args.output_dir:
         args.output_dir.mkdir(parents=True, exist_ok=True)
-        return run_demo(args.output_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        return run_demo(Path(tmp))
+        return run_demo(args.output_dir, args.num_images, args.seed)
+    with tempfile.TemporaryDirectory(prefix="towerzoo-demo-") as tmp:
+        return run_demo(Path(tmp), args.num_images, args.seed)
+
+
+def add_parsers(commands) -> None:
+    demo = commands.add_parser("demo", help="load, evaluate and card the embedded shapes model (offline, ~1 min)")
+    demo.add_argument("--output-dir", type=Path, help="keep the work here (default: a temporary folder)")
+    demo.add_argument("--num-images", type=int, default=200, help="held-out test images to generate")
+    demo.add_argument("--seed", type=int, default=0, help="the test set's seed")
+    demo.set_defaults(handler=_demo)
