@@ -1,7 +1,7 @@
 """`towerzoo demo`: the zoo's whole loop on an embedded model, offline, in about a minute on a laptop CPU.
 
 The repository carries a small BridgeTower that this project trained from scratch on its procedurally generated
-shapes task (`towerzoo.shapes`; the training script is `scripts/train_demo_model.py`): one folder with the VQA head,
+shapes task (`towerzoo.shapes`; the training script is `scripts/train_demo_models.py`): one folder with the VQA head,
 one with the ITM and ITC heads. The demo
 
 1. writes each as a Hub folder — code, config with `auto_map`, weights, processor — and loads it the way a Hub user
