@@ -29,6 +29,27 @@ TRAINING_FILES = ("training.json",)
 TEST_SPLIT = "test"
 
 
+def export_asset(hub_folder: Path, asset: Path) -> Path:
+    """Store a trained Hub folder (`towerzoo finetune`'s output) as an embedded asset: every file but the code and
+    the card, and no `auto_map` (the folder's code is written again from models/ when the demo runs)."""
+    from towerzoo.conversions.common import write_folder_atomically
+
+    def fill(tmp: Path) -> None:
+        for path in sorted(Path(hub_folder).iterdir()):
+            if path.suffix == ".py" or path.name == "README.md" or not path.is_file():
+                continue
+            if path.name in ("config.json", "processor_config.json"):
+                content = json.loads(path.read_text())
+                content.pop("auto_map", None)
+                if isinstance(content.get("image_processor"), dict):
+                    content["image_processor"].pop("auto_map", None)
+                (tmp / path.name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+            else:
+                shutil.copy2(path, tmp / path.name)
+
+    return write_folder_atomically(Path(asset), fill, overwrite=True)
+
+
 def write_hub_folder_from_asset(asset: Path, output_dir: Path) -> Path:
     """The embedded model as a Hub folder: loaded with towerzoo's class, saved with the code it needs."""
     from towerzoo.conversions.bridgetower_folder import exposed_classes

@@ -22,7 +22,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 import towerzoo.models.bridgetower as bt
-from towerzoo import shapes
+from towerzoo import demo, shapes
 
 # a BridgeTower of about 0.6 M parameters (2.4 MB in fp32): 64 wide, 16-px patches on 64-px images (one patch per grid
 # cell of the scenes), 2 text / 3 vision / 2 cross-modal layers, no dropout. Weights start at N(0, 0.1) instead of
@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0, help="seeds the data, the initial weights and the training")
+    parser.add_argument(
+        "--export-assets", type=Path, help="also store both models as the demo's embedded assets (e.g. core/assets)"
+    )
     args = parser.parse_args(argv)
     out, seed = args.output_dir, str(args.seed)
 
@@ -122,6 +125,10 @@ def main(argv: list[str] | None = None) -> None:
         *("--output", results / "retrieval.json", "--cache-dir", results / "cache"),
     )
     print_summary(results, test["annotations"])
+    if args.export_assets is not None:
+        for task, name in demo.MODELS.items():
+            folder = demo.export_asset(out / ("vqa" if task == "vqav2" else task) / "model", args.export_assets / name)
+            print(f"stored {folder}")
 
 
 def print_summary(results: Path, annotations: Path) -> None:

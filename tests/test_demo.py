@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from towerzoo.demo import ASSETS, MODELS
+from towerzoo.demo import ASSETS, MODELS, export_asset, write_hub_folder_from_asset
 from towerzoo.shapes import retrieval_chance, vqa_baselines
 
 NUM_IMAGES = 60
@@ -38,6 +38,31 @@ def test_embedded_models_are_small_and_carry_no_code():
         assert "config.json" in files and "model.safetensors" in files and "training.json" in files
         assert not [name for name in files if name.endswith(".py")]
         assert (ASSETS / name / "model.safetensors").stat().st_size < 4 * 2**20
+
+
+def _comparable(path):
+    """A file's content for comparison: JSON parsed (without `use_cache`, which transformers writes as null or false
+    depending on how a config was made), anything else as bytes."""
+    if path.suffix != ".json":
+        return path.read_bytes()
+    content = json.loads(path.read_text())
+    for part in (content, content.get("text_config", {})):
+        part.pop("use_cache", None)
+    return content
+
+
+def test_assets_round_trip_through_a_hub_folder(tmp_path):
+    """What the demo writes from an asset is a Hub folder that `scripts/train_demo_models.py --export-assets` turns
+    back into the same asset (same weights byte for byte, same configs), so the committed assets are what the
+    script stores."""
+    for name in MODELS.values():
+        folder = write_hub_folder_from_asset(ASSETS / name, tmp_path / "hub" / name)
+        assert (folder / "modeling_bridgetower.py").is_file() and "auto_map" in (folder / "config.json").read_text()
+        exported = export_asset(folder, tmp_path / "assets" / name)
+        expected = sorted(path.name for path in (ASSETS / name).iterdir())
+        assert sorted(path.name for path in exported.iterdir()) == expected
+        for file_name in expected:
+            assert _comparable(exported / file_name) == _comparable(ASSETS / name / file_name), file_name
 
 
 def test_demo_scores_well_above_the_baselines(demo):
