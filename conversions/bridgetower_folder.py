@@ -31,9 +31,9 @@ PRETRAINING_HEADS = ("mlm", "itm", "itc")
 
 
 def model_package(config: BridgeTowerConfig) -> tuple[types.ModuleType, str]:
-    """The towerzoo package a config belongs to and its architecture prefix (`BridgeTowerConfig` →
-    `towerzoo.models.bridgetower`, "BridgeTower")."""
-    package = importlib.import_module(type(config).__module__.rpartition(".")[0])
+    """The installed towerzoo package of a config's `model_type` and its architecture prefix (`towerzoo_bridgetower`
+    → `towerzoo.models.bridgetower`, "BridgeTower"); also for a folder's remote-code config class."""
+    package = importlib.import_module(f"towerzoo.models.{config.model_type.removeprefix('towerzoo_')}")
     return package, type(config).__name__.removesuffix("Config")
 
 

@@ -39,7 +39,6 @@ from towerzoo.training.loading import (
     configure_processor,
     load_source,
     scratch_source,
-    towerzoo_package,
 )
 from towerzoo.training.objectives import RetrievalObjective
 from towerzoo.training.recipes import Recipe, default_recipe, get_recipe, optimizer_groups
@@ -339,26 +338,14 @@ def training_arguments(options: FinetuneOptions, settings: dict, has_eval: bool)
     )
 
 
-def exposed_for(model: torch.nn.Module) -> dict[str, str]:
-    """The classes the saved folder exposes, with their Auto classes (from the installed package's `AUTO_CLASSES`:
-    the model may be a folder's remote-code class)."""
-    package = towerzoo_package(model.config.model_type)
-    architecture = type(model.config).__name__.removesuffix("Config")
-    names = [f"{architecture}Model", type(model).__name__]
-    if type(model).__name__.endswith("ForPreTraining"):
-        from towerzoo.conversions.bridgetower_folder import HEADS
-
-        names += [architecture + HEADS[head][1] for head in model.config.pretraining_heads]
-    return {name: package.AUTO_CLASSES[name] for name in names}
-
-
 def save_model_folder(model, processor, folder: Path, record: dict) -> Path:
     """The Hub folder with `training.json`, written atomically, then its card."""
+    from towerzoo.conversions.bridgetower_folder import exposed_classes
     from towerzoo.conversions.common import write_folder_atomically
     from towerzoo.conversions.hub_folder import write_hub_folder
     from towerzoo.hub_cards.card import write_card
 
-    exposed = exposed_for(model)
+    exposed = exposed_classes(model)
 
     def fill(tmp: Path) -> None:
         write_hub_folder(model, tmp, exposed=exposed, processor=processor, overwrite=True)
