@@ -30,11 +30,20 @@ HEADS = {
 PRETRAINING_HEADS = ("mlm", "itm", "itc")
 
 
+def towerzoo_package(model_type: str | None) -> types.ModuleType:
+    """The installed towerzoo model package of a config's `model_type` (`towerzoo_bridgetower` →
+    `towerzoo.models.bridgetower`); also for a folder's remote-code config."""
+    if not model_type or not model_type.startswith("towerzoo_"):
+        raise ConversionError(f"model_type {model_type!r} is not a towerzoo architecture (towerzoo_bridgetower, …).")
+    try:
+        return importlib.import_module(f"towerzoo.models.{model_type.removeprefix('towerzoo_')}")
+    except ModuleNotFoundError:
+        raise ConversionError(f"towerzoo has no architecture for model_type {model_type!r}.") from None
+
+
 def model_package(config: BridgeTowerConfig) -> tuple[types.ModuleType, str]:
-    """The installed towerzoo package of a config's `model_type` and its architecture prefix (`towerzoo_bridgetower`
-    → `towerzoo.models.bridgetower`, "BridgeTower"); also for a folder's remote-code config class."""
-    package = importlib.import_module(f"towerzoo.models.{config.model_type.removeprefix('towerzoo_')}")
-    return package, type(config).__name__.removesuffix("Config")
+    """The towerzoo package of a config and its architecture prefix (`BridgeTowerConfig` → "BridgeTower")."""
+    return towerzoo_package(config.model_type), type(config).__name__.removesuffix("Config")
 
 
 def heads_in(state_dict: dict[str, torch.Tensor]) -> list[str]:

@@ -14,7 +14,6 @@ is reported.
 """
 
 import copy
-import importlib
 import logging
 import sys
 import types
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from towerzoo.conversions.bridgetower_folder import HEADS, build_processor
+from towerzoo.conversions.bridgetower_folder import HEADS, build_processor, towerzoo_package
 from towerzoo.conversions.common import read_json
 from towerzoo.training import TrainingError
 
@@ -39,16 +38,6 @@ TASK_MODELS = {
 }
 POSITION_TABLE = "vision_model.embeddings.position_embedding.weight"
 TOKEN_TYPES = "token_type_embeddings.weight"
-
-
-def towerzoo_package(model_type: str | None) -> types.ModuleType:
-    """The installed towerzoo model package of a config's `model_type` (`towerzoo_bridgetower` → `bridgetower`)."""
-    if not model_type or not model_type.startswith("towerzoo_"):
-        raise TrainingError(f"model_type {model_type!r} is not a towerzoo architecture (towerzoo_bridgetower, …).")
-    try:
-        return importlib.import_module(f"towerzoo.models.{model_type.removeprefix('towerzoo_')}")
-    except ModuleNotFoundError:
-        raise TrainingError(f"towerzoo has no architecture for model_type {model_type!r}.") from None
 
 
 def installed_config(data: dict):
