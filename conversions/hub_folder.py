@@ -15,12 +15,14 @@ from towerzoo.conversions.common import ConversionError, write_folder_atomically
 
 
 def auto_map_for(model: PreTrainedModel, exposed: dict[str, str]) -> dict[str, str]:
-    """`auto_map` entries: AutoConfig plus `{auto class: module.class}` for every class in `exposed`."""
+    """`auto_map` entries: AutoConfig plus `{auto class: module.class}` for every class in `exposed`, and `AutoModel`
+    for the saved class when no exposed class claims it (so every towerzoo folder loads with `AutoModel`)."""
     config_module = type(model.config).__module__.rsplit(".", 1)[-1]
     model_module = type(model).__module__.rsplit(".", 1)[-1]
     auto_map = {"AutoConfig": f"{config_module}.{type(model.config).__name__}"}
     for class_name, auto_class in exposed.items():
         auto_map.setdefault(auto_class, f"{model_module}.{class_name}")
+    auto_map.setdefault("AutoModel", f"{model_module}.{type(model).__name__}")
     return auto_map
 
 
@@ -75,11 +77,13 @@ def write_hub_folder(
     card: str | None = None,
     overwrite: bool = False,
     max_shard_size: str = "5GB",
+    save_kwargs: dict | None = None,
 ) -> Path:
     """Save `model` (and `processor`) as a Hub folder loadable with `trust_remote_code=True`.
 
     `exposed` maps class names to the Auto classes that should load them from this folder (the saved class must be
     among them). The model code is copied by transformers from the class's module and its relative imports.
+    `save_kwargs` go to the model's `save_pretrained` (e.g. RESTORE's `adapters_only=True`).
     """
     model_class = type(model).__name__
     if model_class not in exposed:
@@ -88,7 +92,7 @@ def write_hub_folder(
     def fill(tmp: Path) -> None:
         model.config.auto_map = auto_map_for(model, exposed)
         type(model).register_for_auto_class(exposed[model_class])
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        model.save_pretrained(tmp, max_shard_size=max_shard_size, **(save_kwargs or {}))
         if processor is not None:
             type(processor).register_for_auto_class("AutoProcessor")
             processor.save_pretrained(tmp)

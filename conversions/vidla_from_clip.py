@@ -2,7 +2,7 @@
 (the paper's starting point, VidLA Sec. 4 and 5: both towers from CLIP).
 
 Input: a folder with `config.json` and `model.safetensors` (or sharded safetensors / `pytorch_model.bin`) of
-transformers' `CLIPModel`. Every CLIP key is renamed through `KEY_RULES` or dropped by a `DROPPED` rule that says why;
+transformers' `CLIPModel`. Every CLIP key is renamed through `clip_weights.CLIP_KEY_RULES` or dropped by a rule that says why;
 VidLA's new parameters are filled so that the model starts as CLIP (`new_parameters`):
   * temporal position embeddings: zero (a frame carries only CLIP's spatial position);
   * temporal attention: q/k/v drawn as CLIP's own attention init (N(0, width^-1/2)), LayerNorm at (1, 0), output
@@ -16,39 +16,19 @@ The check runs transformers' `CLIPModel` on the source weights and the converted
 tokens switched off (same weights otherwise), and records the largest difference in `verification.json`.
 """
 
-import re
 from pathlib import Path
 
 import torch
 import transformers
 from transformers.initialization import no_init_weights
 
-from towerzoo.conversions.common import ConversionError, load_state_dict_file, load_strict, read_json
+from towerzoo.conversions.clip_source import clip_features, clip_tower_fields, read_clip_checkpoint, reference_clip
+from towerzoo.conversions.common import ConversionError, load_strict
 from towerzoo.conversions.hub_folder import write_hub_folder
 from towerzoo.models.vidla import AUTO_CLASSES, VidLAConfig, VidLAModel, VidLAProcessor
+from towerzoo.models.vidla.clip_weights import rename_clip_weights
 from towerzoo.models.vidla.video_processing_vidla import VidLAVideoProcessor
 
-_LAYER = r"(\d+)\.(layer_norm1|layer_norm2|mlp\.fc1|mlp\.fc2|self_attn\.[qkv]_proj)\."
-# transformers CLIPModel key → towerzoo VidLAModel key (first matching rule wins).
-KEY_RULES: list[tuple[str, str]] = [
-    (r"^text_model\.embeddings\.(token|position)_embedding\.weight$", r"text_model.embeddings.\1_embedding.weight"),
-    (rf"^text_model\.encoder\.layers\.{_LAYER}", r"text_model.layers.\1.\2."),
-    (r"^text_model\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"text_model.layers.\1.self_attn.o_proj."),
-    (r"^text_model\.final_layer_norm\.", "text_model.final_layer_norm."),
-    (
-        r"^vision_model\.embeddings\.(class_embedding|patch_embedding\.weight|position_embedding\.weight)$",
-        r"video_model.embeddings.\1",
-    ),
-    (r"^vision_model\.pre_layrnorm\.", "video_model.pre_layernorm."),
-    (rf"^vision_model\.encoder\.layers\.{_LAYER}", r"video_model.layers.\1.\2."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"video_model.layers.\1.self_attn.o_proj."),
-    (r"^vision_model\.post_layernorm\.", "video_model.post_layernorm."),
-    (r"^(visual_projection|text_projection)\.weight$", r"\1.weight"),
-    (r"^logit_scale$", "logit_scale"),
-]
-DROPPED: list[tuple[str, str]] = [
-    (r"^(text|vision)_model\.embeddings\.position_ids$", "index buffer (0, 1, 2, …), rebuilt by the model"),
-]
 # New VidLA parameters and how they start (see the module docstring).
 NEW_PARAMETERS = {
     r"^video_model\.embeddings\.temporal_position_embedding$": "zeros",
@@ -63,19 +43,9 @@ MST_NOISE_STD = 0.02
 
 
 def to_vidla(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Rename every CLIP key; return (renamed state dict, {dropped key: reason}). Unknown keys raise."""
-    renamed, dropped, unknown = {}, {}, []
-    for key, tensor in state_dict.items():
-        reason = next((why for pattern, why in DROPPED if re.search(pattern, key)), None)
-        if reason is not None:
-            dropped[key] = reason
-            continue
-        for pattern, replacement in KEY_RULES:
-            if re.search(pattern, key):
-                renamed[re.sub(pattern, replacement, key)] = tensor
-                break
-        else:
-            unknown.append(key)
+    """Rename every CLIP key (`clip_weights.CLIP_KEY_RULES`); return (renamed state dict, {dropped key: reason}).
+    Unknown keys raise."""
+    renamed, dropped, unknown = rename_clip_weights(state_dict, vision_prefix="video_model")
     if unknown:
         raise ConversionError(
             f"{len(unknown)} key(s) of the checkpoint have no place in VidLA: {', '.join(unknown[:6])}. Is this a "
@@ -114,52 +84,9 @@ def new_parameters(config: VidLAConfig, state_dict: dict[str, torch.Tensor], see
 
 def config_from_clip(clip_config: dict, **vision_overrides) -> VidLAConfig:
     """VidLA's config from a transformers `CLIPConfig` dict (temporal settings: the paper's defaults)."""
-    if clip_config.get("model_type") != "clip":
-        raise ConversionError(
-            f"config.json has model_type={clip_config.get('model_type')!r}, not 'clip': `vidla-from-clip` takes a "
-            "transformers CLIPModel checkpoint."
-        )
-    reference = transformers.CLIPConfig(**{k: v for k, v in clip_config.items() if k != "architectures"})
-    text, vision = reference.text_config, reference.vision_config
-    shared = "hidden_size intermediate_size num_hidden_layers num_attention_heads hidden_act layer_norm_eps".split()
-    return VidLAConfig(
-        text_config={
-            **{key: getattr(text, key) for key in shared},
-            "vocab_size": text.vocab_size,
-            "max_position_embeddings": text.max_position_embeddings,
-            "attention_dropout": text.attention_dropout,
-            "pad_token_id": text.pad_token_id,
-            "bos_token_id": text.bos_token_id,
-            "eos_token_id": text.eos_token_id,
-        },
-        vision_config={
-            **{key: getattr(vision, key) for key in shared},
-            "image_size": vision.image_size,
-            "patch_size": vision.patch_size,
-            "num_channels": vision.num_channels,
-            "attention_dropout": vision.attention_dropout,
-            **vision_overrides,
-        },
-        projection_dim=reference.projection_dim,
-        logit_scale_init_value=reference.logit_scale_init_value,
-    )
-
-
-def reference_clip(clip_config: dict, state_dict: dict[str, torch.Tensor]) -> transformers.CLIPModel:
-    """transformers' `CLIPModel` holding the source weights (the conversion's reference)."""
-    config = transformers.CLIPConfig(**{k: v for k, v in clip_config.items() if k != "architectures"})
-    with no_init_weights():
-        model = transformers.CLIPModel(config)
-    result = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
-    if missing or result.unexpected_keys:
-        raise ConversionError(f"the checkpoint does not fit transformers' CLIPModel: missing {missing[:5]}.")
-    return model.eval()
-
-
-def _features(output) -> torch.Tensor:
-    """`get_*_features` return a tensor in older transformers and an output with `pooler_output` in newer ones."""
-    return output.pooler_output if hasattr(output, "pooler_output") else output
+    fields = clip_tower_fields(clip_config)
+    fields["vision_config"].update(vision_overrides)
+    return VidLAConfig(**fields)
 
 
 @torch.no_grad()
@@ -185,10 +112,12 @@ def verify_against_clip(model: VidLAModel, reference: transformers.CLIPModel, se
     video = single.get_video_features(pixels[:, None])
     text_features = single.get_text_features(input_ids, attention_mask)
     return {
-        "video_features": float((_features(reference.get_image_features(pixel_values=pixels)) - video).abs().max()),
+        "video_features": float(
+            (clip_features(reference.get_image_features(pixel_values=pixels)) - video).abs().max()
+        ),
         "text_features": float(
             (
-                _features(reference.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+                clip_features(reference.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
                 - text_features
             )
             .abs()
@@ -224,13 +153,8 @@ def run(
     """Convert, verify against transformers' CLIPModel, and write the Hub folder."""
     if labels is not None:
         raise ConversionError("vidla-from-clip makes a contrastive model without a classifier; drop --labels.")
-    path = Path(input_path)
-    folder = path if path.is_dir() else path.parent
-    if not (folder / "config.json").is_file():
-        raise ConversionError(f"no config.json next to {path}; a transformers CLIPModel checkpoint needs one.")
-    clip_config = read_json(folder / "config.json")
+    clip_config, source = read_clip_checkpoint(input_path, "vidla-from-clip")
     config = config_from_clip(clip_config)
-    source = load_state_dict_file(path)
     state_dict, dropped = to_vidla(source)
     state_dict.update(new_parameters(config, state_dict))
     with no_init_weights():

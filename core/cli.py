@@ -14,7 +14,10 @@ CONVERTERS = {
     "bridgetower-original": "bridgetower_original",
     "managertower-original": "managertower_original",
     "vidla-from-clip": "vidla_from_clip",
+    "restore-from-clip": "restore_from_clip",
 }
+# options only some converters take: option → the converters that take it
+CONVERTER_OPTIONS = {"classnames": ("restore-from-clip",), "adapters_only": ("restore-from-clip",)}
 
 
 def _convert_options(args: argparse.Namespace, scratch: Path) -> tuple[str, Path | None]:
@@ -58,6 +61,11 @@ def _convert(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="towerzoo-convert-") as scratch:
             source, labels = _convert_options(args, Path(scratch))
+            extra = {name: getattr(args, name) for name in CONVERTER_OPTIONS if getattr(args, name)}
+            for name in extra:
+                if source not in CONVERTER_OPTIONS[name]:
+                    option = "--" + name.replace("_", "-")
+                    raise ConversionError(f"{option} is for {', '.join(CONVERTER_OPTIONS[name])}, not {source}.")
             module = importlib.import_module(f"towerzoo.conversions.{CONVERTERS[source]}")
             output = module.run(
                 Path(args.input),
@@ -66,6 +74,7 @@ def _convert(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 max_shard_size=args.max_shard_size,
                 labels=labels,
+                **extra,
             )
         if args.entry is not None:
             record_entry(output, args.entry)
@@ -113,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument(
         "--max-shard-size", default="5GB", help="split model.safetensors into shards of at most this size"
+    )
+    convert.add_argument(
+        "--classnames", type=Path, help="restore-from-clip: class names, one per line, in label order"
+    )
+    convert.add_argument(
+        "--adapters-only",
+        action="store_true",
+        help="restore-from-clip: store only RESTORE's own weights and a pointer to the base CLIP (loaded from it)",
     )
     convert.set_defaults(handler=_convert)
     for module in SUBCOMMAND_MODULES:

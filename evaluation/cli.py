@@ -95,10 +95,21 @@ def _video_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classification(args: argparse.Namespace) -> int:
+    from towerzoo.evaluation.classification import ClassificationOptions, evaluate_classification
+
+    options = _options(args, ClassificationOptions, ("model", "data"))
+    results = evaluate_classification(options, _accelerator())
+    if results is not None:
+        print(" ".join(f"{name} {value:.2f}" for name, value in results["metrics"].items()))
+        print(f"wrote {args.output}")
+    return 0
+
+
 def add_parsers(commands) -> None:
     """`towerzoo eval` and its tasks, on the main parser's subcommands."""
     evaluate = commands.add_parser(
-        "eval", help="score a model on a benchmark (VQAv2, image-text retrieval, video-text retrieval)"
+        "eval", help="score a model on a benchmark (VQAv2, image-text retrieval, video-text retrieval, classification)"
     )
     tasks = evaluate.add_subparsers(dest="task", required=True)
     vqav2 = tasks.add_parser(
@@ -201,3 +212,44 @@ def add_parsers(commands) -> None:
         help="drop unreadable or zero-length videos and their queries (counted; not the official score)",
     )
     video_retrieval.set_defaults(handler=lambda args: _run_task(args, _video_retrieval))
+
+    classification = tasks.add_parser(
+        "classification",
+        help="few-shot image classification accuracy (CoOp base-to-novel: base, novel, harmonic mean)",
+        description="Score a prompt-learning CLIP classifier (RESTORE) on a dataset split under CoOp's base-to-novel "
+        "protocol: the classes are cut into base (first half of the sorted labels) and novel (the rest), each "
+        "subset is scored among its own classes, and base-to-novel reports both accuracies and their harmonic mean. "
+        "--limit counts images per subset.",
+    )
+    _add_run_options(classification)
+    classification.add_argument(
+        "--data",
+        type=Path,
+        help="dataset folder: CoOp's (split_zhou_<Name>.json), <split>.csv files, FGVCAircraft's, or image folders",
+    )
+    classification.add_argument("--split", default="test", help="train, val or test (default: test)")
+    classification.add_argument(
+        "--subset",
+        choices=("base-to-novel", "base", "novel", "all"),
+        default="base-to-novel",
+        help="which classes to score (default: base-to-novel, both halves and their harmonic mean)",
+    )
+    classification.add_argument(
+        "--layout",
+        choices=("auto", "coop", "csv", "fgvc-aircraft", "imagefolder"),
+        default="auto",
+        help="on-disk layout of --data (default: detected)",
+    )
+    classification.add_argument(
+        "--classnames", type=Path, help="class names, one per line or a JSON list (labels index it)"
+    )
+    classification.add_argument(
+        "--image-dir", type=Path, help="coop layout: the folder the split file's paths are relative to"
+    )
+    classification.add_argument(
+        "--zero-shot", action="store_true", help="plain CLIP on the template prompts (no learned prompts, no surgery)"
+    )
+    classification.add_argument(
+        "--seed", type=int, help="the model's training seed, recorded (default: from its training.json)"
+    )
+    classification.set_defaults(handler=lambda args: _run_task(args, _classification))

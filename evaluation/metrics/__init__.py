@@ -4,7 +4,7 @@
 from pathlib import Path
 
 METRICS_DIR = Path(__file__).resolve().parent
-METRIC_NAMES = ("vqa_accuracy", "retrieval_recall")
+METRIC_NAMES = ("vqa_accuracy", "retrieval_recall", "classification_accuracy")
 
 
 def metric_path(name: str) -> str:

@@ -6,12 +6,14 @@ that also make the cross-modal layers, then the small heads. Blocks read their s
 are given, by the names transformers uses (`hidden_size`, `num_attention_heads`, `intermediate_size`, …).
 """
 
+import inspect
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .tower_attention import TowerAttention
@@ -100,6 +102,50 @@ class ClipVisionLayer(GradientCheckpointingLayer):
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden_states = hidden_states + self.self_attn(self.layer_norm1(hidden_states), attention_mask)[0]
         return hidden_states + self.mlp(self.layer_norm2(hidden_states))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Text tower (OpenAI CLIP's text transformer: causal pre-LN blocks)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ClipTextEmbeddings(nn.Module):
+    """Token embedding + absolute position embedding."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+
+    def forward(self, input_ids: torch.LongTensor, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Token (or the given `inputs_embeds`) + position embeddings."""
+        length, limit = input_ids.shape[1], self.position_embedding.num_embeddings
+        if length > limit:
+            raise ValueError(
+                f"text of {length} tokens is longer than the position table ({limit}); tokenize with "
+                f"truncation=True, max_length={limit}."
+            )
+        if inputs_embeds is None:
+            inputs_embeds = self.token_embedding(input_ids)
+        return inputs_embeds + self.position_embedding.weight[:length]
+
+
+class ClipTextLayer(ClipVisionLayer):
+    """CLIP's pre-LN block with causal self-attention."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.self_attn.is_causal = True  # sdpa/flash apply causality themselves when no explicit mask is passed
+
+
+def causal_text_mask(config, embeddings: torch.Tensor, padding_mask: torch.Tensor | None):
+    """Causal + padding mask in the backend's format (transformers >= 5.24 names the cache argument `cache`, older
+    versions `past_key_values`)."""
+    parameters = inspect.signature(create_causal_mask).parameters
+    extra = {("cache" if "cache" in parameters else "past_key_values"): None}
+    if "cache_position" in parameters:
+        extra["cache_position"] = torch.arange(embeddings.shape[1], device=embeddings.device)
+    return create_causal_mask(config=config, inputs_embeds=embeddings, attention_mask=padding_mask, **extra)
 
 
 # --------------------------------------------------------------------------------------------------------------------

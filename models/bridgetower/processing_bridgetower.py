@@ -9,37 +9,10 @@ normalisation (its own resize and crop are no-ops at that size). Arrays and tens
 are.
 """
 
-import numpy as np
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.utils import is_vision_available
 
-from .processing_common import resize_and_center_crop, tokenize
-
-if is_vision_available():  # Pillow: needed for PIL inputs only
-    from PIL import Image
-
-# PIL modes whose conversion to 8-bit RGB would silently clip or rescale values.
-_HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-
-
-def original_geometry(image: "Image.Image", size: int) -> "Image.Image":
-    """The original's `.convert("RGB")`, then CLIP's resize and centre crop."""
-    return resize_and_center_crop(image.convert("RGB"), size)
-
-
-def _check_array(image, index: int):
-    """Arrays/tensors need a channel axis of 1 or 3 (channels first) or 1, 3 or 4 (channels last); a 2-D array is
-    read as a grayscale image."""
-    array = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
-    if array.ndim == 2:
-        return np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim == 3 and (array.shape[0] in (1, 3) or array.shape[-1] in (1, 3, 4)):
-        return image
-    raise ValueError(
-        f"image {index} has shape {tuple(array.shape)}; expected (height, width), (height, width, 1|3|4) or "
-        "(1|3, height, width). Pass RGB images (e.g. PIL images, or arrays with a channel axis)."
-    )
+from .processing_common import prepare_clip_image, tokenize
 
 
 class BridgeTowerProcessor(ProcessorMixin):
@@ -55,16 +28,6 @@ class BridgeTowerProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, max_text_length: int = 50, **kwargs):
         self.max_text_length = max_text_length
         super().__init__(image_processor, tokenizer, **kwargs)
-
-    def _prepare_image(self, image, index: int):
-        if is_vision_available() and isinstance(image, Image.Image):
-            if image.mode in _HIGH_BIT_DEPTH_MODES:
-                raise ValueError(
-                    f"image {index} has PIL mode {image.mode!r} (high bit depth), which would be clipped when "
-                    "converted to 8-bit RGB; scale it to 8 bits and call image.convert('RGB') first."
-                )
-            return original_geometry(image, self.image_processor.crop_size["height"])
-        return _check_array(image, index)
 
     def __call__(self, images=None, text=None, return_tensors: str = "pt", truncation: bool = True, **kwargs):
         """Process images and/or text. `max_length` defaults to `max_text_length`; with `truncation=False`, a text
@@ -86,6 +49,7 @@ class BridgeTowerProcessor(ProcessorMixin):
             data.update(encoded)
         if images is not None:
             batch = images if isinstance(images, (list, tuple)) else [images]
-            prepared = [self._prepare_image(image, index) for index, image in enumerate(batch)]
+            size = self.image_processor.crop_size["height"]
+            prepared = [prepare_clip_image(image, index, size) for index, image in enumerate(batch)]
             data.update(self.image_processor(prepared, return_tensors=return_tensors))
         return BatchFeature(data=data, tensor_type=return_tensors)

@@ -70,7 +70,6 @@ call dispatches through `ALL_ATTENTION_FUNCTIONS.get_interface(...)`, so eager, 
 kernels all run the blocked layout.
 """
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,7 +78,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
@@ -93,7 +92,7 @@ from .tower_attention import (
     eager_attention_forward,
     padding_mask_for,
 )
-from .tower_blocks import ClipVisionEmbeddings, ClipVisionLayer
+from .tower_blocks import ClipTextEmbeddings, ClipTextLayer, ClipVisionEmbeddings, ClipVisionLayer, causal_text_mask
 
 
 @dataclass
@@ -118,47 +117,6 @@ class VidLAOutput(ModelOutput):
 
     def to_tuple(self) -> tuple:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in (self[k] for k in self.keys()))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Text tower (OpenAI CLIP's text transformer)
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class ClipTextEmbeddings(nn.Module):
-    """Token embedding + absolute position embedding."""
-
-    def __init__(self, config: VidLATextConfig):
-        super().__init__()
-        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-
-    def forward(self, input_ids: torch.LongTensor) -> torch.Tensor:
-        length, limit = input_ids.shape[1], self.position_embedding.num_embeddings
-        if length > limit:
-            raise ValueError(
-                f"text of {length} tokens is longer than the position table ({limit}); tokenize with "
-                f"truncation=True, max_length={limit}."
-            )
-        return self.token_embedding(input_ids) + self.position_embedding.weight[:length]
-
-
-class ClipTextLayer(ClipVisionLayer):
-    """CLIP's pre-LN block with causal self-attention."""
-
-    def __init__(self, config: VidLATextConfig):
-        super().__init__(config)
-        self.self_attn.is_causal = True  # sdpa/flash apply causality themselves when no explicit mask is passed
-
-
-def _causal_mask(config, embeddings: torch.Tensor, padding_mask: torch.Tensor | None):
-    """Causal + padding mask in the backend's format (transformers >= 5.24 names the cache argument `cache`, older
-    versions `past_key_values`)."""
-    parameters = inspect.signature(create_causal_mask).parameters
-    extra = {("cache" if "cache" in parameters else "past_key_values"): None}
-    if "cache_position" in parameters:
-        extra["cache_position"] = torch.arange(embeddings.shape[1], device=embeddings.device)
-    return create_causal_mask(config=config, inputs_embeds=embeddings, attention_mask=padding_mask, **extra)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -485,7 +443,7 @@ class VidLATextModel(VidLAPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         hidden_states = self.embeddings(input_ids)
-        mask = _causal_mask(self.config, hidden_states, attention_mask)
+        mask = causal_text_mask(self.config, hidden_states, attention_mask)
         all_states = [hidden_states]
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask)

@@ -18,6 +18,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterf
 
 from towerzoo.cli import main as towerzoo_main
 from towerzoo.conversions import vidla_from_clip
+from towerzoo.conversions.clip_source import clip_features
 from towerzoo.models.vidla import AUTO_CLASSES, VidLAConfig, VidLAModel
 from towerzoo.models.vidla.modeling_vidla import video_attention_mask
 
@@ -97,7 +98,13 @@ class TestVidLA(CommonModelTests):
     model_classes = (VidLAModel,)
     auto_classes = AUTO_CLASSES
     base_class_name = "VidLAModel"
-    expected_code_files = ("configuration_vidla.py", "modeling_vidla.py", "tower_attention.py", "tower_blocks.py")
+    expected_code_files = (
+        "clip_configuration.py",
+        "configuration_vidla.py",
+        "modeling_vidla.py",
+        "tower_attention.py",
+        "tower_blocks.py",
+    )
 
     def get_config(self):
         return tiny_vidla_config()
@@ -145,8 +152,8 @@ def test_one_frame_without_mst_tokens_is_clip(backend):
     pixels = clips(3, 1)[:, 0]
     input_ids, attention_mask = text_batch()
     with torch.no_grad():
-        expected_video = vidla_from_clip._features(clip.get_image_features(pixel_values=pixels))
-        expected_text = vidla_from_clip._features(
+        expected_video = clip_features(clip.get_image_features(pixel_values=pixels))
+        expected_text = clip_features(
             clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         )
         expected = clip(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixels)

@@ -1,0 +1,1 @@
+../_shared/processing_common.py

@@ -1,0 +1,1 @@
+../_shared/clip_configuration.py

@@ -1,0 +1,1 @@
+../_shared/clip_weights.py
