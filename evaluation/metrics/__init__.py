@@ -4,7 +4,7 @@
 from pathlib import Path
 
 METRICS_DIR = Path(__file__).resolve().parent
-METRIC_NAMES = ("vqa_accuracy", "retrieval_recall", "classification_accuracy")
+METRIC_NAMES = ("vqa_accuracy", "retrieval_recall", "classification_accuracy", "wer")
 
 
 def metric_path(name: str) -> str:

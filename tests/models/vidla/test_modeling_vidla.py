@@ -153,9 +153,7 @@ def test_one_frame_without_mst_tokens_is_clip(backend):
     input_ids, attention_mask = text_batch()
     with torch.no_grad():
         expected_video = clip_features(clip.get_image_features(pixel_values=pixels))
-        expected_text = clip_features(
-            clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
-        )
+        expected_text = clip_features(clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
         expected = clip(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixels)
         got = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values_videos=pixels[:, None])
         video = model.get_video_features(pixels[:, None])
