@@ -15,9 +15,12 @@ CONVERTERS = {
     "managertower-original": "managertower_original",
     "vidla-from-clip": "vidla_from_clip",
     "restore-from-clip": "restore_from_clip",
+    "zipper-from-decoders": "zipper_from_decoders",
 }
 # options only some converters take: option → the converters that take it
 CONVERTER_OPTIONS = {"classnames": ("restore-from-clip",), "adapters_only": ("restore-from-clip",)}
+# converters that take a second input before OUTPUT_DIR: source → (the keyword argument it goes to, usage)
+SECOND_INPUT = {"zipper-from-decoders": ("speech_lm", "TEXT_LM_DIR SPEECH_LM_DIR OUTPUT_DIR")}
 
 
 def _convert_options(args: argparse.Namespace, scratch: Path) -> tuple[str, Path | None]:
@@ -66,10 +69,16 @@ def _convert(args: argparse.Namespace) -> int:
                 if source not in CONVERTER_OPTIONS[name]:
                     option = "--" + name.replace("_", "-")
                     raise ConversionError(f"{option} is for {', '.join(CONVERTER_OPTIONS[name])}, not {source}.")
+            output_dir = args.output_dir
+            if args.last is not None or source in SECOND_INPUT:
+                if source not in SECOND_INPUT or args.last is None:
+                    takes = SECOND_INPUT[source][1] if source in SECOND_INPUT else "INPUT OUTPUT_DIR"
+                    raise ConversionError(f"{source} takes {takes}.")
+                extra[SECOND_INPUT[source][0]], output_dir = Path(args.output_dir), args.last
             module = importlib.import_module(f"towerzoo.conversions.{CONVERTERS[source]}")
             output = module.run(
                 Path(args.input),
-                Path(args.output_dir),
+                Path(output_dir),
                 tokenizer=args.tokenizer,
                 overwrite=args.overwrite,
                 max_shard_size=args.max_shard_size,
@@ -110,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("input", help="checkpoint file or folder")
     convert.add_argument("output_dir", help="where to write the Hub folder (written atomically)")
+    convert.add_argument(
+        "last", nargs="?", metavar="OUTPUT_DIR", help="converters with two inputs (zipper-from-decoders): the output"
+    )
     convert.add_argument("--tokenizer", type=Path, help="tokenizer folder; adds processor files to the output")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     convert.add_argument(

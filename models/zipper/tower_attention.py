@@ -1,0 +1,1 @@
+../_shared/tower_attention.py
