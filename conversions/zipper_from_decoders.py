@@ -107,7 +107,12 @@ def build_processor(text_dir: Path, speech_dir: Path):
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(text_dir))
     except (OSError, ValueError):
         return None
-    return ZipperProcessor(SpeechTokenizer.from_pretrained(str(speech_dir)), tokenizer)
+    try:
+        return ZipperProcessor(SpeechTokenizer.from_pretrained(str(speech_dir)), tokenizer)
+    except (OSError, ValueError) as error:
+        raise ConversionError(
+            f"the speech tokenizer in {speech_dir} cannot serve a Zipper processor: {error}"
+        ) from None
 
 
 def run(

@@ -2,14 +2,23 @@
 
 from .configuration_zipper import ZipperConfig
 from .modeling_zipper import ZipperForConditionalGeneration, ZipperPreTrainedModel
-from .speech_tokenization_zipper import DMelSpeechTokenizer, SpeechTokenizer
+from .processing_zipper import ZipperProcessor
+from .speech_tokenization_zipper import (
+    DMelSpeechTokenizer,
+    KMeansSpeechTokenizer,
+    SpeechTokenizer,
+    fit_kmeans_codebook,
+)
 
 __all__ = [
     "DMelSpeechTokenizer",
+    "KMeansSpeechTokenizer",
     "SpeechTokenizer",
     "ZipperConfig",
     "ZipperForConditionalGeneration",
     "ZipperPreTrainedModel",
+    "ZipperProcessor",
+    "fit_kmeans_codebook",
 ]
 
 # Which transformers Auto class loads each class from a Hub folder (written into config.json's auto_map).

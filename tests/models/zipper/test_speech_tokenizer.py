@@ -114,10 +114,13 @@ def test_encode_and_decode_are_deterministic(speech, fast_tokenizer):
 def test_save_and_load(tmp_path, speech):
     samples, rate = speech
     tokenizer = DMelSpeechTokenizer(num_bins=32, log_min=-6.0, griffin_lim_iterations=3, on_clipping="error")
-    path = tokenizer.save_pretrained(tmp_path)
-    assert Path(path).name == "speech_tokenizer_config.json"
+    [path] = tokenizer.save_pretrained(tmp_path)
+    assert Path(path).name == "preprocessor_config.json"
     config = json.loads(Path(path).read_text())
     assert config["tokenizer_type"] == "dmel" and config["num_bins"] == 32
+    assert config["feature_extractor_type"] == "DMelSpeechTokenizer"
+    assert config["auto_map"] == {"AutoFeatureExtractor": "speech_tokenization_zipper.DMelSpeechTokenizer"}
+    assert (tmp_path / "speech_tokenization_zipper.py").is_file()  # the code travels with the config
     loaded = SpeechTokenizer.from_pretrained(tmp_path)
     assert type(loaded) is DMelSpeechTokenizer
     assert loaded.to_dict() == tokenizer.to_dict()
@@ -130,15 +133,18 @@ def test_save_and_load(tmp_path, speech):
 def test_save_and_load_errors(tmp_path):
     with pytest.raises(OSError):
         SpeechTokenizer.from_pretrained(tmp_path)
-    (tmp_path / "speech_tokenizer_config.json").write_text(json.dumps({"tokenizer_type": "encodec"}))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"tokenizer_type": "encodec"}))
     with pytest.raises(ValueError, match="'encodec'.*known types: .*dmel"):
         SpeechTokenizer.from_pretrained(tmp_path)
+    with pytest.raises(TypeError, match=r"unexpected arguments \['n_mel'\]"):
+        DMelSpeechTokenizer.from_dict({"tokenizer_type": "dmel", "n_mel": 40})
 
 
 class SignSpeechTokenizer(SpeechTokenizer):
     """A toy plug-in: one token per 100 samples, whether their mean is negative (0) or not (1)."""
 
     tokenizer_type = "test_sign"
+    _auto_class = None  # defined in a test module: no code to copy into a saved folder
     frame_rate = 160.0
     vocab_size = 2
     num_codebooks = None
@@ -225,8 +231,8 @@ def test_the_file_works_as_a_hub_user_has_it(tmp_path):
         from speech_tokenization_zipper import SpeechTokenizer, DMelSpeechTokenizer, resample
         import speech_tokenization_zipper as module
         assert module.soxr is None
-        DMelSpeechTokenizer(griffin_lim_iterations=2).save_pretrained({str(folder)!r})
-        tokenizer = SpeechTokenizer.from_pretrained({str(folder)!r})
+        DMelSpeechTokenizer(griffin_lim_iterations=2).save_pretrained({str(tmp_path / "saved")!r})
+        tokenizer = SpeechTokenizer.from_pretrained({str(tmp_path / "saved")!r})
         t = torch.arange(11025) / 22050
         ids = tokenizer.encode(0.5 * torch.sin(2 * math.pi * 300 * t), 22050)
         assert ids.shape == (21, 80), ids.shape
