@@ -134,10 +134,10 @@ def build_processor(tokenizer_dir: Path, config: BridgeTowerConfig, max_text_len
 def exposed_classes(model: torch.nn.Module) -> dict[str, str]:
     """The classes a folder saved from `model` can be loaded as, with their Auto classes."""
     package, architecture = model_package(model.config)
-    names = [f"{architecture}Model", type(model).__name__]
+    names = [type(model).__name__, f"{architecture}Model"]
     if type(model).__name__.endswith("ForPreTraining"):
         names += [architecture + HEADS[head][1] for head in model.config.pretraining_heads]
-    return {name: package.AUTO_CLASSES[name] for name in names}
+    return {name: package.AUTO_CLASSES[name] for name in names if name in package.AUTO_CLASSES}
 
 
 def save_bridgetower(

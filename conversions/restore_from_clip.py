@@ -2,9 +2,9 @@
 RESTORE Hub folder built on it (RESTORE starts from frozen CLIP and learns prompts and surgery blocks only).
 
 CLIP's weights are renamed through `clip_weights.CLIP_KEY_RULES` (every key used, or dropped with its reason);
-RESTORE's own parameters start as the paper's code starts them (`RestoreForImageClassification._init_weights` from a
-seeded generator): text context from the template's word embeddings, deep text prompts N(0, 0.02²), the prompt maps
-and the surgery's first layer drawn, the surgery's output projection at zero. The class prompts come from the class
+RESTORE's own parameters start as the official code starts them (`RestoreForImageClassification._init_weights`, seeded):
+text context from the template's word embeddings, deep text prompts N(0, 0.02²), the prompt maps and the surgery's
+first layer as nn.Linear's default U(±1/sqrt(fan_in)), the surgery's output projection at zero (towerzoo's choice). The class prompts come from the class
 names file through CLIP's tokenizer. The check: with prompts off, logits equal transformers' `CLIPModel` zero-shot
 logits on the template prompts ("a photo of a {class}."), recorded in `verification.json`.
 """
@@ -23,11 +23,10 @@ from towerzoo.models.restore import AUTO_CLASSES, RestoreConfig, RestoreForImage
 NEW_PARAMETERS = {
     r"^prompt_learner\.text_context$": "template word embeddings (prompt_init='template') or N(0, 0.02^2)",
     r"^prompt_learner\.text_deep$": "N(0, 0.02^2)",
-    r"^prompt_learner\.vision_projections\.\d+\.weight$": "N(0, 0.02^2)",
-    r"^(text|vision)_surgery\.fc1\.weight$": "N(0, 0.02^2)",
+    r"^prompt_learner\.vision_projections\.\d+\.(weight|bias)$": "U(+-1/sqrt(fan_in)) (nn.Linear's default)",
+    r"^(text|vision)_surgery\.fc1\.(weight|bias)$": "U(+-1/sqrt(fan_in)) (nn.Linear's default)",
     r"^(text|vision)_surgery\.fc2\.(weight|bias)$": "zeros (surgery_zero_init)",
     r"^(text|vision)_surgery\.layer_norm\.(weight|bias)$": "ones / zeros",
-    r"\.bias$": "zeros",
 }
 
 

@@ -139,6 +139,15 @@ class CommonModelTests:
         head_params = {n for n in trainable if not n.startswith(unused)}
         assert head_params <= grads.keys(), f"head parameters without gradient: {sorted(head_params - grads.keys())}"
 
+    def test_trainer_divides_the_loss_for_gradient_accumulation(self, model_class, tmp_path):
+        """The heads return batch-mean losses: Trainer must not take them as already scaled by `num_items_in_batch`
+        (it does when `forward` takes **kwargs unless the model says `accepts_loss_kwargs = False`)."""
+        import transformers
+
+        args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+        trainer = transformers.Trainer(model=self.make_model(model_class), args=args)
+        assert trainer.model_accepts_loss_kwargs is False
+
     def test_gradient_checkpointing_same_gradients(self, model_class):
         model = self.make_model(model_class).train()
         assert model.supports_gradient_checkpointing

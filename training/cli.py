@@ -14,18 +14,35 @@ TASK_HELP = {
     "retrieval": "image-text retrieval (Karpathy splits): ITC + ITM with hard negatives, as the original's irtr_itm_itc",
     "snli-ve": "SNLI-VE: 3-way visual entailment",
     "nlvr2": "NLVR2: is the sentence true of the image pair",
+    "restore": "RESTORE few-shot prompt learning on the base classes (CoOp base-to-novel), the official recipe per "
+    "dataset; score it with `towerzoo eval classification`",
 }
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (--model, or --init-config with --tokenizer) and output")
-    group.add_argument("--model", help="towerzoo Hub folder or repo id to start from (loaded with its own code)")
-    group.add_argument("--init-config", type=Path, help="config.json of a towerzoo architecture: start from scratch")
-    group.add_argument(
-        "--tokenizer",
-        type=Path,
-        help="tokenizer folder for the processor (with --init-config, or a folder without one)",
+def _add_model_options(parser: argparse.ArgumentParser, task: str) -> None:
+    restore = task == "restore"
+    title = (
+        "a RESTORE folder or repo: towerzoo convert restore-from-clip"
+        if restore
+        else "--model, or --init-config with --tokenizer"
     )
+    group = parser.add_argument_group(f"model ({title}) and output")
+    group.add_argument("--model", help="towerzoo Hub folder or repo id to start from (loaded with its own code)")
+    if restore:
+        group.add_argument(
+            "--adapters-only",
+            action="store_true",
+            help="write only RESTORE's own weights; the folder loads its base CLIP from base_model_name_or_path",
+        )
+    else:
+        group.add_argument(
+            "--init-config", type=Path, help="config.json of a towerzoo architecture: start from scratch"
+        )
+        group.add_argument(
+            "--tokenizer",
+            type=Path,
+            help="tokenizer folder for the processor (with --init-config, or a folder without one)",
+        )
     group.add_argument("--attn-implementation", help="eager, sdpa (default), flex_attention, flash_attention_2, …")
     group.add_argument("--output-dir", type=Path, required=True, help="gets checkpoints/ and the Hub folder model/")
     group.add_argument("--overwrite", action="store_true", help="replace OUTPUT_DIR/model and earlier checkpoints")
@@ -59,7 +76,7 @@ def _add_recipe_options(parser: argparse.ArgumentParser, task: str) -> None:
         group.add_argument(f"--{name}", type=kind, help=text)
 
 
-def _add_trainer_options(parser: argparse.ArgumentParser) -> None:
+def _add_trainer_options(parser: argparse.ArgumentParser, task: str) -> None:
     group = parser.add_argument_group("training run (transformers' TrainingArguments)")
     group.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps")
     group.add_argument("--seed", type=int, default=0, help="seeds the new weights, data order and sampling")
@@ -69,8 +86,9 @@ def _add_trainer_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--logging-steps", type=int, default=50)
     group.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps")
     group.add_argument("--save-total-limit", type=int, help="keep at most N checkpoints")
-    group.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: every epoch)")
-    group.add_argument("--per-device-eval-batch-size", type=int)
+    if task != "restore":  # RESTORE is scored afterwards, by `towerzoo eval classification`
+        group.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: every epoch)")
+        group.add_argument("--per-device-eval-batch-size", type=int)
     group.add_argument("--dataloader-num-workers", type=int, default=2, help="workers decoding images")
     group.add_argument("--deepspeed", help="DeepSpeed config JSON")
     group.add_argument("--fsdp", help='FSDP options, e.g. "full_shard auto_wrap"')
@@ -78,12 +96,13 @@ def _add_trainer_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--resume-from-checkpoint", help="a checkpoint folder, or 'last' (the newest in OUTPUT_DIR/checkpoints)"
     )
-    group.add_argument(
-        "--text-padding",
-        choices=("max_length", "longest"),
-        default="max_length",
-        help="pad texts to --max-text-length as the original does (ManagerTower depends on it), or to the longest",
-    )
+    if task != "restore":
+        group.add_argument(
+            "--text-padding",
+            choices=("max_length", "longest"),
+            default="max_length",
+            help="pad texts to --max-text-length as the original does (ManagerTower depends on it), or to the longest",
+        )
     hub = parser.add_argument_group("Hub")
     hub.add_argument("--push-to-hub", metavar="REPO", help="upload OUTPUT_DIR/model to this model repo")
     hub.add_argument("--private", action="store_true", help="create the repo private")
@@ -126,6 +145,52 @@ def _add_data_options(parser: argparse.ArgumentParser, task: str) -> None:
     group.add_argument("--skip-missing-images", action="store_true", help="drop examples whose images are missing")
 
 
+def _add_restore_options(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data (what `towerzoo eval classification --data` reads)")
+    data.add_argument(
+        "--data",
+        type=Path,
+        help="dataset folder: CoOp's (split_zhou_<Name>.json), <split>.csv files, FGVCAircraft's, or image folders",
+    )
+    data.add_argument("--split", default="train", help="the split the shots are drawn from (default: train)")
+    data.add_argument(
+        "--layout",
+        choices=("auto", "coop", "csv", "fgvc-aircraft", "imagefolder"),
+        default="auto",
+        help="on-disk layout of --data (default: detected)",
+    )
+    data.add_argument("--classnames", type=Path, help="class names, one per line or a JSON list (labels index it)")
+    data.add_argument("--image-dir", type=Path, help="coop layout: the folder the split file's paths are relative to")
+    data.add_argument(
+        "--subset",
+        choices=("base", "all"),
+        default="base",
+        help="train on the base half of the classes (CoOp's base-to-novel, the default) or on all of them",
+    )
+    recipe = parser.add_argument_group("recipe (defaults: the official run on the dataset; each option overrides one)")
+    recipe.add_argument(
+        "--dataset-recipe",
+        metavar="NAME",
+        help="the dataset whose official setting to train with (e.g. oxford_pets, dtd, imagenet; a wrong name lists "
+        "them all)",
+    )
+    for name, kind, text in (
+        ("num-shots", int, "K images per class, drawn with --seed (16)"),
+        ("learning-rate", float, "SGD learning rate after the warm-up (0.0035)"),
+        ("momentum", float, "SGD momentum (0.9)"),
+        ("weight-decay", float, "SGD weight decay, on every trained parameter (5e-4)"),
+        ("num-train-epochs", int, "epochs (10); the schedule and the surgery ratio raise are per epoch"),
+        ("per-device-train-batch-size", int, "images per device per forward pass (4)"),
+        ("gradient-accumulation-steps", int, "forward passes per optimizer step (1)"),
+        ("warmup-epochs", int, "epochs at the constant warm-up learning rate (1)"),
+        ("warmup-learning-rate", float, "the warm-up learning rate (1e-5)"),
+        ("surgery-ratio-text", float, "initial ratio of the text surgery block (per dataset)"),
+        ("surgery-ratio-vision", float, "initial ratio of the vision surgery block (per dataset)"),
+        ("feature-shift-loss-weight", float, "weight of the feature-shift consistency loss (per dataset)"),
+    ):
+        recipe.add_argument(f"--{name}", type=kind, help=text)
+
+
 def _listed(value) -> list:
     if value is None:
         return []
@@ -133,13 +198,15 @@ def _listed(value) -> list:
 
 
 def _options(args: argparse.Namespace):
+    from towerzoo.training.restore import RestoreOptions
     from towerzoo.training.trainer import FinetuneOptions
 
+    options_class = RestoreOptions if args.task == "restore" else FinetuneOptions
     values = vars(args)
     for name in ("questions", "annotations", "images", "eval_questions", "eval_annotations", "eval_images"):
         values[name] = _listed(values.get(name))
-    names = {field.name for field in dataclasses.fields(FinetuneOptions)}
-    return FinetuneOptions(**{name: value for name, value in values.items() if name in names})
+    names = {field.name for field in dataclasses.fields(options_class)}
+    return options_class(**{name: value for name, value in values.items() if name in names})
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -147,11 +214,12 @@ def _finetune(args: argparse.Namespace) -> int:
     from towerzoo.evaluation.runner import EvaluationError
     from towerzoo.hub_cards.push import PushError
     from towerzoo.training import TrainingError
+    from towerzoo.training.restore import finetune_restore
     from towerzoo.training.trainer import finetune
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        record = finetune(_options(args))
+        record = (finetune_restore if args.task == "restore" else finetune)(_options(args))
     except (TrainingError, EvaluationError, ConversionError, PushError) as error:
         print(f"towerzoo finetune: error: {error}", file=sys.stderr)
         return 2
@@ -177,8 +245,11 @@ def add_parsers(commands) -> None:
     tasks = finetune.add_subparsers(dest="task", required=True)
     for task, text in TASK_HELP.items():
         parser = tasks.add_parser(task, help=text, description=text)
-        _add_model_options(parser)
-        _add_data_options(parser, task)
-        _add_recipe_options(parser, task)
-        _add_trainer_options(parser)
+        _add_model_options(parser, task)
+        if task == "restore":
+            _add_restore_options(parser)
+        else:
+            _add_data_options(parser, task)
+            _add_recipe_options(parser, task)
+        _add_trainer_options(parser, task)
         parser.set_defaults(handler=_finetune)

@@ -338,8 +338,9 @@ def training_arguments(options: FinetuneOptions, settings: dict, has_eval: bool)
     )
 
 
-def save_model_folder(model, processor, folder: Path, record: dict) -> Path:
-    """The Hub folder with `training.json`, written atomically, then its card."""
+def save_model_folder(model, processor, folder: Path, record: dict, save_kwargs: dict | None = None) -> Path:
+    """The Hub folder with `training.json`, written atomically, then its card (`save_kwargs` go to the model's
+    `save_pretrained`, e.g. RESTORE's `adapters_only=True`)."""
     from towerzoo.conversions.bridgetower_folder import exposed_classes
     from towerzoo.conversions.common import write_folder_atomically
     from towerzoo.conversions.hub_folder import write_hub_folder
@@ -348,7 +349,7 @@ def save_model_folder(model, processor, folder: Path, record: dict) -> Path:
     exposed = exposed_classes(model)
 
     def fill(tmp: Path) -> None:
-        write_hub_folder(model, tmp, exposed=exposed, processor=processor, overwrite=True)
+        write_hub_folder(model, tmp, exposed=exposed, processor=processor, overwrite=True, save_kwargs=save_kwargs)
         (tmp / "training.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
 
     folder = write_folder_atomically(folder, fill, overwrite=True)

@@ -126,6 +126,8 @@ class RestorePromptLearner(nn.Module):
         self.text_context = nn.Parameter(torch.zeros(n, text_width))
         self.text_deep = nn.Parameter(torch.zeros(depth - 1, n, text_width)) if depth > 1 else None
         self.vision_projections = nn.ModuleList([nn.Linear(text_width, vision_width) for _ in range(depth)])
+        for projection in self.vision_projections:
+            projection.torch_default_init = True
 
     def forward(self) -> Prompts:
         deep = [] if self.text_deep is None else list(self.text_deep.unbind(0))
@@ -153,6 +155,7 @@ class SurgeryBlock(nn.Module):
         self.fc1 = nn.Linear(width, hidden_size)
         self.act = ACT2FN["quick_gelu"]
         self.fc2 = nn.Linear(hidden_size, width)
+        self.fc1.torch_default_init = self.fc2.torch_default_init = True
         self.fc2.zero_init = zero_init  # read by `_init_weights`: the block starts as the identity
 
     def forward(self, features: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
@@ -174,10 +177,13 @@ class RestorePreTrainedModel(AttentionBackendHints, PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # the losses are batch means that ignore `num_items_in_batch`: Trainer must divide them for gradient accumulation
+    accepts_loss_kwargs = False
     _no_split_modules = ["ClipTextEmbeddings", "ClipTextLayer", "ClipVisionEmbeddings", "ClipVisionLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        """OpenAI CLIP's initialisation for the towers; prompts N(0, 0.02²); the surgery's output projection at zero
+        """OpenAI CLIP's initialisation for the towers; prompts N(0, 0.02²); prompt maps and surgery layers as
+        nn.Linear's default (the official code's); the surgery's output projection at zero
         (with `surgery_zero_init`); reference norms and ratios from the fresh prompts and the config."""
         std = getattr(self.config, "initializer_range", 0.02)
         if isinstance(module, ClipVisionEmbeddings):
@@ -192,11 +198,16 @@ class RestorePreTrainedModel(AttentionBackendHints, PreTrainedModel):
             init.normal_(module.text_context, std=0.02)
             if module.text_deep is not None:
                 init.normal_(module.text_deep, std=0.02)
+        elif isinstance(module, nn.Linear) and getattr(module, "zero_init", False):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear) and getattr(module, "torch_default_init", False):
+            # the official prompt maps and surgery layers keep nn.Linear's default: U(±1/sqrt(fan_in)), bias too
+            bound = module.in_features**-0.5
+            init.uniform_(module.weight, -bound, bound)
+            init.uniform_(module.bias, -bound, bound)
         elif isinstance(module, nn.Linear):
-            if getattr(module, "zero_init", False):
-                init.zeros_(module.weight)
-            else:
-                init.normal_(module.weight, std=getattr(module, "init_std", std))
+            init.normal_(module.weight, std=getattr(module, "init_std", std))
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
@@ -365,7 +376,12 @@ class RestoreForImageClassification(RestorePreTrainedModel):
         self.register_buffer("class_input_ids", torch.zeros(shape, dtype=torch.long))
         self.register_buffer("class_attention_mask", torch.zeros(shape, dtype=torch.long))
         self.post_init()
-        if config.freeze_clip:
+        self.freeze_clip_weights()
+
+    def freeze_clip_weights(self) -> None:
+        """With `config.freeze_clip`, CLIP's towers, projections and logit scale get `requires_grad=False` (only
+        prompts and surgery train). Called at construction and after loading, which hands back fresh parameters."""
+        if self.config.freeze_clip:
             for module in (self.text_model, self.vision_model, self.visual_projection, self.text_projection):
                 module.requires_grad_(False)
             self.logit_scale.requires_grad_(False)
@@ -496,8 +512,12 @@ class RestoreForImageClassification(RestorePreTrainedModel):
             **hub,
         )
         if adapters is None:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        return cls._from_adapters(pretrained_model_name_or_path, adapters, kwargs, hub)
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        else:
+            model = cls._from_adapters(pretrained_model_name_or_path, adapters, kwargs, hub)
+        if isinstance(model, RestoreForImageClassification):
+            model.freeze_clip_weights()
+        return model
 
     @classmethod
     def _from_adapters(cls, path, adapters_file: str, kwargs: dict, hub: dict):

@@ -379,6 +379,8 @@ class VidLAPreTrainedModel(AttentionBackendHints, PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # the losses are batch means that ignore `num_items_in_batch`: Trainer must divide them for gradient accumulation
+    accepts_loss_kwargs = False
     _no_split_modules = ["ClipTextEmbeddings", "ClipTextLayer", "VidLAVideoEmbeddings", "VidLAVideoLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
