@@ -1,7 +1,6 @@
 """Running the evaluation notebooks headless in tests: top to bottom with nbclient, in a kernel of this interpreter
 (`sys.executable`, so the test's venv), with fixture parameters injected after the notebook's `parameters` cell (as
-papermill does); figures render through matplotlib's inline backend (Agg, no display). (`test_notebooks.py` holds the
-same helpers; they are to move here.)"""
+papermill does); figures render through matplotlib's inline backend (Agg, no display)."""
 
 from pathlib import Path
 

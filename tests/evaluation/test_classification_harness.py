@@ -9,21 +9,15 @@ import evaluate
 import pytest
 import torch
 import transformers
+from classification_fixtures import CLASSNAMES, COLOURS, IMAGES_PER_CLASS, restore_folder, write_coop_dataset
 from evaluation_fixtures import tiny_model_folder
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from towerzoo.evaluation import classification
 from towerzoo.evaluation.classification import ClassificationOptions, evaluate_classification
 from towerzoo.evaluation.metrics import metric_path
 from towerzoo.evaluation.metrics.classification_accuracy.accuracy import harmonic_mean
 from towerzoo.evaluation.runner import EvaluationError
-from towerzoo.tiny import build_tiny_clip_tokenizer
-
-# five classes (an odd count): base = the first three labels, novel = the last two
-CLASSNAMES = ["red_fox", "green", "blue_jay", "yellow", "cyan"]
-COLOURS = [(220, 40, 30), (30, 200, 60), (40, 60, 220), (230, 220, 40), (40, 220, 220)]
-IMAGES_PER_CLASS = 3
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # The metric
@@ -52,57 +46,21 @@ def test_harmonic_mean_on_hand_computed_values():
 
 
 def tiny_restore_folder(root: Path) -> Path:
-    """A RESTORE Hub folder built from a random tiny CLIP (seed 0) by `restore_from_clip.build_from_clip`, its prompts
-    and surgery perturbed so that the prompted model differs from zero-shot CLIP."""
+    """`classification_fixtures.restore_folder` on the first three (base) classes, its prompts and surgery perturbed so
+    that the prompted model differs from zero-shot CLIP."""
     from towerzoo.conversions.hub_folder import write_hub_folder
-    from towerzoo.conversions.restore_from_clip import build_from_clip
-    from towerzoo.models.restore import AUTO_CLASSES
+    from towerzoo.models.restore import AUTO_CLASSES, RestoreForImageClassification, RestoreProcessor
 
-    tokenizer_dir = build_tiny_clip_tokenizer(root / "tokenizer")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-    text = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 32,
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
-    vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    folder = restore_folder(root, [name.replace("_", " ") for name in CLASSNAMES[:3]], layers=2)
+    model = RestoreForImageClassification.from_pretrained(folder)
     torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config=text, vision_config={**vision, "image_size": 16, "patch_size": 4}, projection_dim=24
-    )
-    transformers.CLIPModel(config).save_pretrained(root / "clip")
-    base = [name.replace("_", " ") for name in CLASSNAMES[:3]]
-    model, processor, _ = build_from_clip(root / "clip", base, tokenizer_dir, prompt_depth=2, surgery_hidden_size=48)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.startswith(("prompt_learner", "text_surgery", "vision_surgery")):
+        for parameter in model.parameters():
+            if parameter.requires_grad:
                 parameter.add_(0.5 * torch.randn_like(parameter))
         model.surgery_ratios.fill_(0.5)
+    processor = RestoreProcessor.from_pretrained(folder)
     return write_hub_folder(model, root / "model", exposed=AUTO_CLASSES, processor=processor, overwrite=True)
-
-
-def write_coop_dataset(root: Path) -> Path:
-    """CoOp's layout: `split_zhou_Toy.json` and `images/<class>/<split>_<k>.png` (16-32 px, each class its colour with
-    a dark shape whose place and size vary)."""
-    split = {"train": [], "val": [], "test": []}
-    for label, name in enumerate(CLASSNAMES):
-        for key in split:
-            for k in range(IMAGES_PER_CLASS if key == "test" else 1):
-                relative = f"{name}/{key}_{k}.png"
-                size = 16 + 8 * k
-                image = Image.new("RGB", (size, size + 4 * (label % 2)), COLOURS[label])
-                ImageDraw.Draw(image).ellipse((k, 2 * k, size // 2 + label, size // 2 + k), fill=(20, 20, 20))
-                (root / "images" / name).mkdir(parents=True, exist_ok=True)
-                image.save(root / "images" / relative)
-                split[key].append([relative, label, name])
-    (root / "split_zhou_Toy.json").write_text(json.dumps(split))
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -1,90 +1,35 @@
 """The evaluation notebooks run headless, top to bottom, on tiny fixtures, and show what the harness computed.
 
-Each notebook is executed with nbclient in a kernel of this interpreter (`sys.executable`, so the test's venv):
-ipykernel writes its kernelspec into a temporary Jupyter data folder put first on `JUPYTER_PATH`, under a name no
-other kernelspec on the machine can shadow. The fixture parameters go in a cell inserted after the notebook's
-`parameters` cell (as papermill does); figures render through matplotlib's inline backend (Agg, no display).
+Each notebook is executed by `notebook_runner.run_notebook` (nbclient, a kernel of this interpreter, the fixture
+parameters injected after the notebook's `parameters` cell).
 """
 
 import json
 import math
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 import torch
 from evaluation_fixtures import tiny_model_folder, write_karpathy, write_vqav2
-from ipykernel.kernelspec import write_kernel_spec
-from nbclient import NotebookClient
+from notebook_runner import NOTEBOOKS, images, isolate_jupyter, outputs, run_notebook, tagged
 from safetensors.torch import load_file
 from video_fixtures import tiny_vidla_folder, write_msrvtt, write_msrvtt_videos
 
 import towerzoo.models.bridgetower as bt
 from towerzoo.evaluation.video_retrieval import METRIC_NAMES
 
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "evaluation" / "notebooks"
-CELL_TIMEOUT_S = 120
-KERNEL = "towerzoo-tests-python"
-
-
-def _tagged(notebook, tag: str) -> list[int]:
-    return [i for i, cell in enumerate(notebook.cells) if tag in cell.metadata.get("tags", [])]
-
-
-def run_notebook(name: str, parameters: dict, workdir: Path, last_cell: str | None = None):
-    """Execute `evaluation/notebooks/<name>` in `workdir` with `parameters` overriding its parameters cell (and
-    `last_cell` appended, to read the kernel's variables); returns the executed notebook. A failing cell raises
-    `CellExecutionError`, naming the cell and its traceback."""
-    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    (position,) = _tagged(notebook, "parameters")
-    injected = "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
-    notebook.cells.insert(position + 1, nbformat.v4.new_code_cell(injected, metadata={"tags": ["injected"]}))
-    if last_cell is not None:
-        notebook.cells.append(nbformat.v4.new_code_cell(last_cell, metadata={"tags": ["last"]}))
-    client = NotebookClient(
-        notebook,
-        kernel_name=KERNEL,
-        timeout=CELL_TIMEOUT_S,
-        resources={"metadata": {"path": str(workdir)}},
-    )
-    client.execute()
-    return notebook
-
-
-def outputs(notebook, tag: str) -> str:
-    """Everything the cell tagged `tag` displayed, as text (plain and HTML)."""
-    (position,) = _tagged(notebook, tag)
-    parts = []
-    for output in notebook.cells[position].outputs:
-        parts.append(output.get("text", ""))
-        data = output.get("data", {})
-        parts += [data.get("text/plain", ""), data.get("text/html", "")]
-    return "\n".join(parts)
-
-
-def images(notebook) -> int:
-    return sum("image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
-
 
 @pytest.fixture(autouse=True)
 def _jupyter_offline(tmp_path, monkeypatch):
-    """This interpreter's kernelspec, kernel connection files and IPython's profile under tmp_path, nothing from the
-    network, two threads."""
-    write_kernel_spec(tmp_path / "jupyter" / "kernels" / KERNEL)
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    monkeypatch.delenv("MPLBACKEND", raising=False)
+    isolate_jupyter(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
 def test_notebooks_are_stored_without_outputs(name):
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(notebook)
-    assert len(_tagged(notebook, "parameters")) == 1
+    assert len(tagged(notebook, "parameters")) == 1
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert all(not cell.outputs and cell.execution_count is None for cell in code), "clear the outputs"
 
