@@ -32,7 +32,7 @@ def _options(args: argparse.Namespace, options_class, required: tuple[str, ...],
     """The task's options dataclass from the parsed arguments of the same names; names the missing required ones."""
     from towerzoo.evaluation.runner import EvaluationError
 
-    missing = [f"--{name}" for name in required if getattr(args, name) is None]
+    missing = [f"--{name.replace('_', '-')}" for name in required if getattr(args, name) is None]
     if missing:
         raise EvaluationError(f"towerzoo eval {args.task} needs {', '.join(missing)}{alternative}.")
     names = {field.name for field in dataclasses.fields(options_class)}
@@ -106,10 +106,52 @@ def _classification(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speech(args: argparse.Namespace) -> int:
+    """`asr` and `tts`: run the harness and print its error rates (and RTFx)."""
+    if args.task == "asr":
+        from towerzoo.evaluation.asr import ASROptions as options_class
+        from towerzoo.evaluation.asr import evaluate_asr as evaluate
+
+        required = ("model", "data")
+    else:
+        from towerzoo.evaluation.tts import TTSOptions as options_class
+        from towerzoo.evaluation.tts import evaluate_tts as evaluate
+
+        required = ("model", "data", "asr_model")
+    results = evaluate(_options(args, options_class, required), _accelerator())
+    if results is not None:
+        print(" ".join(f"{name} {value:.2f}" for name, value in results["metrics"].items()))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _add_speech_options(parser: argparse.ArgumentParser, max_new_tokens: int, output: str) -> None:
+    """The data and decoding options `asr` and `tts` share."""
+    parser.add_argument(
+        "--data", type=Path, help="LibriSpeech-style folder (<speaker>/<chapter>/*.trans.txt) or audiofolder"
+    )
+    parser.add_argument("--layout", choices=("librispeech", "audiofolder"), default="librispeech")
+    parser.add_argument(
+        "--split", help="subfolder of --data to read (LibriSpeech: e.g. test-clean; audiofolder: e.g. test)"
+    )
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search width (1: greedy)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=max_new_tokens, help=f"most {output} tokens generated per utterance"
+    )
+    parser.add_argument(
+        "--average",
+        choices=("corpus", "utterance"),
+        default="corpus",
+        help="corpus WER (total errors / total words, default) or the mean of per-utterance WERs",
+    )
+
+
 def add_parsers(commands) -> None:
     """`towerzoo eval` and its tasks, on the main parser's subcommands."""
     evaluate = commands.add_parser(
-        "eval", help="score a model on a benchmark (VQAv2, image-text retrieval, video-text retrieval, classification)"
+        "eval",
+        help="score a model on a benchmark (VQAv2, image-text retrieval, video-text retrieval, classification, ASR, "
+        "TTS)",
     )
     tasks = evaluate.add_subparsers(dest="task", required=True)
     vqav2 = tasks.add_parser(
@@ -253,3 +295,59 @@ def add_parsers(commands) -> None:
         "--seed", type=int, help="the model's training seed, recorded (default: from its training.json)"
     )
     classification.set_defaults(handler=lambda args: _run_task(args, _classification))
+
+    asr = tasks.add_parser(
+        "asr",
+        help="speech recognition WER/CER and RTFx of a Zipper model (open_asr_leaderboard protocol)",
+        description="Transcribe a LibriSpeech-style folder or an audiofolder with a Zipper model (speech -> text) and "
+        "report WER and CER after Whisper's English normaliser (empty normalised references dropped, round(100 * "
+        "wer, 2)) and RTFx; every utterance's prediction goes into the results. --limit counts utterances.",
+    )
+    _add_run_options(asr)
+    asr.set_defaults(batch_size=16)
+    _add_speech_options(asr, max_new_tokens=448, output="text")
+    asr.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="apply Whisper's English normaliser to references and predictions (default: on)",
+    )
+    asr.add_argument(
+        "--skip-bad-audio",
+        action="store_true",
+        help="skip unreadable, silent and clipped audio (counted in the results; not the official score)",
+    )
+    asr.set_defaults(handler=lambda args: _run_task(args, _speech))
+
+    tts = tasks.add_parser(
+        "tts",
+        help="speech synthesis intelligibility of a Zipper model: WER of an ASR model on the synthesised audio",
+        description="Synthesise the transcripts of a LibriSpeech-style folder or an audiofolder with a Zipper model "
+        "(text -> speech), transcribe the audio with an ASR model (a Zipper folder, or any transformers ASR "
+        "pipeline), and report WER/CER against the input texts with duration statistics. --limit counts utterances.",
+    )
+    _add_run_options(tts)
+    tts.set_defaults(batch_size=8)
+    _add_speech_options(tts, max_new_tokens=1500, output="speech")
+    tts.add_argument("--asr-model", help="the ASR model that listens: a Zipper folder or a transformers ASR model")
+    tts.add_argument(
+        "--asr-kind",
+        choices=("zipper", "pipeline"),
+        default="zipper",
+        help="zipper (a towerzoo Zipper folder) or pipeline (transformers' automatic-speech-recognition pipeline)",
+    )
+    tts.add_argument("--asr-max-new-tokens", type=int, default=448, help="most text tokens the Zipper ASR generates")
+    tts.add_argument(
+        "--keep-apostrophes",
+        action="store_true",
+        help="keep apostrophes inside words when normalising (seed-tts-eval); default: dropped (Whisper, F5-TTS)",
+    )
+    tts.add_argument("--do-sample", action="store_true", help="sample the speech units (default: greedy/beam)")
+    tts.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="with --do-sample: each batch is seeded with SEED + the index of its first utterance",
+    )
+    tts.add_argument("--save-audio", type=Path, help="write each synthesis here as <utterance id>.wav")
+    tts.set_defaults(handler=lambda args: _run_task(args, _speech))

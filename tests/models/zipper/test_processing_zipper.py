@@ -12,8 +12,8 @@ import soundfile
 import torch
 from speech_fixtures import ESPEAK_MISSING, espeak_available, speak
 from testing_utils import run_without_towerzoo
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer
+from zipper_fixtures import build_char_tokenizer
 
 import towerzoo.models.zipper.processing_zipper as pz
 from towerzoo.conversions.hub_folder import check_self_contained
@@ -35,24 +35,6 @@ TRAINING_SENTENCES = [
     "how much wood would a woodchuck chuck",
     "please call stella and ask her to bring these things",
 ]
-# The char tokenizer's ids: <s> 0, </s> 1, <pad> 2, <unk> 3, space 4, a..z 5..30, apostrophe 31.
-CHARS = " abcdefghijklmnopqrstuvwxyz'"
-
-
-def build_char_tokenizer(folder, add_eos: bool = False) -> str:
-    """A character-level tokenizer that adds <s> (Llama's behaviour) or <s> … </s> (`add_eos`); returns the folder."""
-    vocab = {token: index for index, token in enumerate(["<s>", "</s>", "<pad>", "<unk>", *CHARS])}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>" if add_eos else "<s> $A", special_tokens=[("<s>", 0), ("</s>", 1)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-    fast.save_pretrained(str(folder))
-    return str(folder)
 
 
 class SignSpeechTokenizer(SpeechTokenizer):
