@@ -94,7 +94,8 @@ def write_hub_folder(
         type(model).register_for_auto_class(exposed[model_class])
         model.save_pretrained(tmp, max_shard_size=max_shard_size, **(save_kwargs or {}))
         if processor is not None:
-            type(processor).register_for_auto_class("AutoProcessor")
+            if not type(processor).__module__.startswith("transformers."):  # transformers' own need no code
+                type(processor).register_for_auto_class("AutoProcessor")
             processor.save_pretrained(tmp)
         if verification is not None:
             (tmp / "verification.json").write_text(json.dumps(verification, indent=2, sort_keys=True) + "\n")

@@ -145,8 +145,16 @@ class CommonModelTests:
         import transformers
 
         args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
-        trainer = transformers.Trainer(model=self.make_model(model_class), args=args)
-        assert trainer.model_accepts_loss_kwargs is False
+        model = self.make_model(model_class)
+        trainer = transformers.Trainer(model=model, args=args)
+        assert trainer.model_accepts_loss_kwargs is self.loss_uses_num_items_in_batch
+        if self.loss_uses_num_items_in_batch:  # then the loss must really be a sum divided by num_items_in_batch
+            inputs = self.prepare_inputs(model_class, model.config)
+            labels = self.prepare_labels(model_class, model.config, inputs)
+            with torch.no_grad():
+                mean = model(**inputs, **labels).loss
+                halved = model(**inputs, **labels, num_items_in_batch=2 * int((labels["labels"][:, 1:] != -100).sum()))
+            assert torch.allclose(halved.loss, mean / 2, atol=1e-6)
 
     def test_gradient_checkpointing_same_gradients(self, model_class):
         model = self.make_model(model_class).train()
@@ -252,6 +260,8 @@ class CommonModelTests:
 
     base_class_name: str = ""
     expected_code_files: tuple = ()
+    # transformers' own heads (causal LMs) divide their loss by `num_items_in_batch` when Trainer passes it
+    loss_uses_num_items_in_batch: bool = False
 
 
 def parametrize_model_classes(metafunc) -> None:

@@ -16,6 +16,11 @@ The uni-modal weights are `softmax(s / temperature)` over the experts; the previ
 (not normalised). Output: `sum_j w_j * LayerNorm_j(expert_j)`. In training mode Gaussian noise of std `noise_std`
 (the original: 1 / num_experts) is added to the uni-modal scores, elementwise per token and channel, drawn from
 torch's global generator (so `torch.manual_seed` makes it reproducible); eval mode adds none.
+
+LLaVA-OV-Manager's static manager ("static_zerouni", arXiv 2506.11515) is the same module with other options:
+`softmax=False` (the weights are the raw scores), `expert_layer_norms=False`, `zero_init=True` (so the manager adds
+nothing until trained), `noise_std=0` and `jitter=0.01` (in training the scores are multiplied elementwise by
+U[1 - jitter, 1 + jitter]), no previous output: `sum_j s_j * expert_j`.
 """
 
 import math
@@ -41,6 +46,11 @@ class Manager(nn.Module):
         noise_std: std of the training-time noise on the uni-modal scores; None = `1 / num_experts` (the original),
             0 = none.
         layer_norm_eps: epsilon of the per-expert LayerNorms.
+        softmax: weights = softmax(scores / temperature) over the experts (ManagerTower); False = the raw scores.
+        expert_layer_norms: each expert (and the previous output) through its own LayerNorm first (ManagerTower).
+        zero_init: static scores start at 0 instead of 1/num_experts (LLaVA-OV-Manager: the manager starts silent).
+        jitter: training-time multiplicative noise U[1 - jitter, 1 + jitter] on the static scores (LLaVA-OV-Manager:
+            0.01), drawn from torch's global generator.
     """
 
     def __init__(
@@ -53,6 +63,10 @@ class Manager(nn.Module):
         temperature: float = 1.0,
         noise_std: float | None = None,
         layer_norm_eps: float = 1e-5,
+        softmax: bool = True,
+        expert_layer_norms: bool = True,
+        zero_init: bool = False,
+        jitter: float = 0.0,
     ):
         super().__init__()
         if weight_type not in WEIGHT_TYPES:
@@ -72,12 +86,17 @@ class Manager(nn.Module):
         self.initial_temperature = temperature
         self.noise_std = 1.0 / num_experts if noise_std is None else noise_std
         self.layer_norm_eps = layer_norm_eps
+        self.softmax, self.zero_init, self.jitter = softmax, zero_init, jitter
 
         width = hidden_size if weight_type == "vector" else 1
-        self.expert_layer_norms = nn.ModuleList(
-            [nn.LayerNorm(hidden_size, eps=layer_norm_eps) for _ in range(num_experts + has_previous)]
-        )
-        self.temperature = nn.Parameter(torch.full((1,), float(temperature)))
+        if expert_layer_norms:
+            self.expert_layer_norms = nn.ModuleList(
+                [nn.LayerNorm(hidden_size, eps=layer_norm_eps) for _ in range(num_experts + has_previous)]
+            )
+        else:
+            self.expert_layer_norms = None
+        if softmax:
+            self.temperature = nn.Parameter(torch.full((1,), float(temperature)))
         if adaptive:
             self.previous_score = nn.Parameter(torch.ones(1, 1, 1, width))
             self.other_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
@@ -88,13 +107,16 @@ class Manager(nn.Module):
             self.scores = nn.Parameter(self.initial_scores().expand(-1, -1, -1, width).clone())
 
     def initial_scores(self) -> torch.Tensor:
-        """The original's static init: 1/num_experts for each uni-modal expert, 1 for the previous output."""
+        """The original's static init: 1/num_experts for each uni-modal expert, 1 for the previous output (all 0 with
+        `zero_init`)."""
         scores = torch.full((1, self.num_experts + self.has_previous, 1, 1), 1.0 / self.num_experts)
         scores[:, self.num_experts :] = 1.0
-        return scores
+        return scores.zero_() if self.zero_init else scores
 
     def _normalised(self, index: int, state: torch.Tensor) -> torch.Tensor:
-        """Expert `index` (the previous output is index `num_experts`) through its own LayerNorm."""
+        """Expert `index` (the previous output is index `num_experts`) through its own LayerNorm (if any)."""
+        if self.expert_layer_norms is None:
+            return state
         norm = self.expert_layer_norms[index]
         return F.layer_norm(state, (self.hidden_size,), norm.weight, norm.bias, norm.eps)
 
@@ -146,7 +168,9 @@ class Manager(nn.Module):
             uni_modal, previous_score = self.scores[:, : self.num_experts], self.scores[:, self.num_experts :]
         if self.training and self.noise_std > 0:  # per token and channel, as the original
             uni_modal = uni_modal + torch.randn_like(experts) * self.noise_std
-        weights = (uni_modal / self.temperature).softmax(dim=1)
+        if self.training and self.jitter > 0:  # per score, as LLaVA-OV-Manager
+            uni_modal = uni_modal * torch.empty_like(uni_modal).uniform_(1 - self.jitter, 1 + self.jitter)
+        weights = (uni_modal / self.temperature).softmax(dim=1) if self.softmax else uni_modal
         # Σ_j w_j · LayerNorm_j(expert_j), one expert at a time: no (batch, experts, len, hidden) temporaries
         output = previous * previous_score[:, 0] if previous is not None else 0
         for j in range(self.num_experts):
