@@ -1,9 +1,10 @@
 """`towerzoo card MODEL_DIR [--results results.json …] [--entry NAME]`: write a Hub folder's model card (README.md).
 
 The card is built with huggingface_hub's `ModelCardData` and `EvalResult`: YAML metadata (library, pipeline tag,
-tags, license, base model, datasets, and `model-index` from the `towerzoo eval` results files), then a usage snippet
-for the folder's own Auto class with `trust_remote_code=True`, the measured numbers next to the paper's (from the
-zoo registry), what the conversion checked (`verification.json`) and the citation. The zoo entry comes from
+tags, license, base model, datasets, and `model-index` from the `towerzoo eval` results files: each task's scores, while
+speed and duration figures such as RTFx go to the card's table only), then a usage snippet for the folder's own Auto
+class with `trust_remote_code=True`, the measured numbers next to the paper's (from the zoo registry), what the
+conversion checked (`verification.json`) and the citation. The zoo entry comes from
 `--entry` or from the `towerzoo_entry` that `towerzoo convert --entry` records in `verification.json`.
 """
 
@@ -32,12 +33,29 @@ class HarnessTask:
     task_type: str  # model-index task type
     task_name: str
     default_dataset: str | None  # for results files without a `dataset` field (VQAv2's)
+    # the `metrics` keys that become model-index entries (None: every number); the card's table shows the others too
+    headline: tuple[str, ...] | None = None
+    # numbers outside `metrics` that the card's table shows (never model-index): name -> path of keys in the results
+    extras: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 HARNESS_TASKS = {
     "vqav2": HarnessTask("visual-question-answering", "Visual Question Answering", "vqav2"),
     "retrieval": HarnessTask("image-text-retrieval", "Image-Text Retrieval", None),
     "video-retrieval": HarnessTask("video-text-retrieval", "Video-Text Retrieval", None),
+    "classification": HarnessTask("image-classification", "Image Classification", None),
+    # RTFx depends on the machine and the batch size: shown in the table, kept out of model-index
+    "asr": HarnessTask("automatic-speech-recognition", "Automatic Speech Recognition", None, ("wer", "cer")),
+    "tts": HarnessTask(
+        "text-to-speech",
+        "Text-to-Speech",
+        None,
+        ("wer", "cer"),
+        (
+            ("synthesized_seconds_mean", ("durations", "synthesized_seconds", "mean")),
+            ("duration_ratio_mean", ("durations", "ratio_to_reference", "mean")),
+        ),
+    ),
 }
 # metric keys of the results files → readable names (directions and statistics compose)
 DIRECTIONS = {
@@ -47,15 +65,32 @@ DIRECTIONS = {
     "video_to_text_": "video→text ",
 }
 STATISTICS = {"r1": "R@1", "r5": "R@5", "r10": "R@10", "median_rank": "median rank", "mean_rank": "mean rank"}
-SPECIAL_METRICS = {"accuracy": "accuracy", "r_mean": "mean of R@1/5/10 both ways"}
+SPECIAL_METRICS = {
+    "accuracy": "accuracy",
+    "r_mean": "mean of R@1/5/10 both ways",
+    "mean_per_class_accuracy": "mean per-class accuracy",
+    "base_accuracy": "base-class accuracy",
+    "novel_accuracy": "novel-class accuracy",
+    "harmonic_mean": "harmonic mean of base and novel accuracy",
+    "wer": "WER",
+    "cer": "CER",
+    "rtfx": "RTFx (audio seconds per transcription second; machine-dependent)",
+    "synthesized_seconds_mean": "mean synthesised duration (s)",
+    "duration_ratio_mean": "mean duration ratio, synthesised / reference recording",
+}
 DUAL_SOFTMAX = "dual_softmax_"  # prefix of the transductive dual-softmax numbers of video retrieval
-# class-name suffix → pipeline tag (others: feature-extraction)
+# class-name suffix (or whole name) → pipeline tag (others: feature-extraction)
 PIPELINE_TAGS = {
     "ForVisualQuestionAnswering": "visual-question-answering",
     "ForContrastiveLearning": "zero-shot-image-classification",
     "ForMaskedLM": "fill-mask",
+    "ForImageClassification": "image-classification",
+    "ZipperForConditionalGeneration": "automatic-speech-recognition",  # it also speaks: ASR is its Hub task
 }
+# architecture → modality tag (others: vision-language)
+MODALITY_TAGS = {"vidla": "video-text", "zipper": "speech-text"}
 MISSING = "—"
+RESTORE_ADAPTERS_FILE = "restore_adapters.safetensors"  # an adapters-only RESTORE folder's weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +101,8 @@ class Measured:
     task: str
     dataset: str
     split: str | None
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # the model-index entries
+    others: dict[str, float] = dataclasses.field(default_factory=dict)  # shown in the card's table only
 
 
 def metric_name(key: str) -> str:
@@ -116,10 +152,12 @@ def read_folder(folder: Path) -> tuple[dict, dict | None]:
 
 
 def _auto_class(config: dict) -> str | None:
-    """The Auto class that loads the folder's saved class (from `auto_map`)."""
+    """The Auto class that loads the folder's saved class (from `auto_map`): its task's, rather than `AutoModel`
+    when both name it."""
     architecture = config["architectures"][0]
     auto_map = config.get("auto_map") or {}
-    return next((auto for auto, target in auto_map.items() if target.split(".")[-1] == architecture), None)
+    matches = [auto for auto, target in auto_map.items() if target.split(".")[-1] == architecture]
+    return next((auto for auto in matches if auto != "AutoModel"), matches[0] if matches else None)
 
 
 def _architecture(config: dict) -> str:
@@ -208,6 +246,15 @@ def read_results(path: Path, folder: Path, entry: Entry | None = None) -> Measur
     numbers = {**_numbers(metrics), **_numbers(results.get("dual_softmax_metrics") or {}, DUAL_SOFTMAX)}
     if not numbers:
         raise CardError(f"{path}: `metrics` holds no numbers.")
+    harness = HARNESS_TASKS[task]
+    headline = {key: numbers[key] for key in harness.headline or numbers if key in numbers}
+    if not headline:
+        raise CardError(f"{path}: `metrics` holds none of the {task} scores ({', '.join(harness.headline)}).")
+    others = {key: value for key, value in numbers.items() if key not in headline}
+    for name, keys in harness.extras:
+        value = _lookup(results, keys)
+        if value is not None:
+            others[name] = value
     named = results.get("dataset")
     known = get_dataset(named) if isinstance(named, str) else None
     dataset = known.key if known else named or _default_dataset(task, entry)
@@ -220,7 +267,7 @@ def read_results(path: Path, folder: Path, entry: Entry | None = None) -> Measur
             f"{tasks})."
         )
     split = results.get("split")
-    return Measured(path, task, str(dataset), str(split) if split is not None else None, numbers)
+    return Measured(path, task, str(dataset), str(split) if split is not None else None, headline, others)
 
 
 def _numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -228,6 +275,14 @@ def _numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
     return {
         prefix + k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
+
+
+def _lookup(results: dict, keys: tuple[str, ...]) -> float | None:
+    """The number at `keys` in a results file (None when a key is absent or the value is not a number)."""
+    value = results
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _default_dataset(task: str, entry: Entry | None) -> str | None:
@@ -293,7 +348,7 @@ def pipeline_tag(config: dict) -> str:
 def card_data(config: dict, entry: Entry | None, runs: Sequence[Measured], name: str) -> ModelCardData:
     """The card's YAML metadata, model-index included."""
     architecture = _architecture(config)
-    tags = ["towerzoo", architecture, "custom_code", "video-text" if architecture == "vidla" else "vision-language"]
+    tags = ["towerzoo", architecture, "custom_code", MODALITY_TAGS.get(architecture, "vision-language")]
     if entry is not None and entry.paper is not None:
         tags.append(f"arxiv:{entry.paper.arxiv}")
     datasets = [d.hub_id for d in entry.training_data if d.hub_id] if entry else []
@@ -311,14 +366,15 @@ def card_data(config: dict, entry: Entry | None, runs: Sequence[Measured], name:
 
 # ---- body ------------------------------------------------------------------------------------------------------------
 SNIPPET_HEAD = """```python
-import torch
-from PIL import Image
+{imports}
 from transformers import {auto_class}, AutoProcessor
 
 repo = "{repo}"  # this repo's id on the Hub (namespace/name), or a local copy of this folder
 model = {auto_class}.from_pretrained(repo, trust_remote_code=True).eval()
 processor = AutoProcessor.from_pretrained(repo, trust_remote_code=True)
 """
+IMAGE_IMPORTS = "import torch\nfrom PIL import Image"
+SPEECH_IMPORTS = "import soundfile  # reads and writes audio files (pip install soundfile)"
 SNIPPETS = {
     "vqa": """
 image = Image.open("photo.jpg")
@@ -352,6 +408,32 @@ video_embeds = video_embeds / video_embeds.norm(dim=-1, keepdim=True)
 text_embeds = text_embeds / text_embeds.norm(dim=-1, keepdim=True)
 print(text_embeds @ video_embeds.T)  # cosine similarities
 """,
+    "classification": """
+image = Image.open("photo.jpg")
+with torch.no_grad():
+    probabilities = model(**processor(images=image)).logits.softmax(-1)[0]
+print(model.config.classnames[probabilities.argmax().item()])  # among the classes the model holds
+
+# other classes (a dataset's novel ones, say): new class prompts, the same learned weights
+model.set_classnames(["golden retriever", "tabby cat", "red fox"], processor)
+with torch.no_grad():
+    probabilities = model(**processor(images=image)).logits.softmax(-1)[0]
+print(dict(zip(model.config.classnames, probabilities.tolist())))
+""",
+    "speech": """
+# speech recognition: a mono waveform (16 kHz is the speech tokenizer's rate; other rates are resampled)
+wave, rate = soundfile.read("speech.wav", dtype="float32")
+wave = wave.mean(axis=1) if wave.ndim == 2 else wave  # stereo to mono
+inputs = processor(audio=[wave], sampling_rate=rate, task="asr")
+ids = model.generate(**inputs, output_modality="text", max_new_tokens=448)
+print(processor.batch_decode(ids, modality="text")[0])
+
+# speech synthesis: text in, speech units out until the speech end token, decoded to a waveform
+inputs = processor(text=["a cat sits on the mat"], task="tts")
+ids = model.generate(**inputs, output_modality="speech", max_new_tokens=1500)
+[speech] = processor.batch_decode(ids, modality="speech")
+soundfile.write("synthesised.wav", speech, processor.sampling_rate)
+""",
     "features": """
 image = Image.open("photo.jpg")
 inputs = processor(images=image, text="a cat sits on the mat")
@@ -374,17 +456,30 @@ def _snippet_kind(config: dict) -> tuple[str, dict]:
         return "matching", {"logits": "itm_logits"}
     if _architecture(config) == "vidla":
         return "video", {}
+    if _architecture(config) == "restore":
+        return "classification", {}
+    if _architecture(config) == "zipper":
+        return "speech", {}
     return "features", {}
 
 
 def usage_section(folder: Path, config: dict, repo: str, entry: Entry | None) -> str:
     kind, fields = _snippet_kind(config)
-    code = SNIPPET_HEAD.format(auto_class=_auto_class(config), repo=repo) + SNIPPETS[kind].format(**fields) + "```"
+    imports = SPEECH_IMPORTS if kind == "speech" else IMAGE_IMPORTS
+    head = SNIPPET_HEAD.format(imports=imports, auto_class=_auto_class(config), repo=repo)
+    code = head + SNIPPETS[kind].format(**fields) + "```"
     lines = ["## Usage", "", code, ""]
     lines.append(
         "The folder carries its own modelling code, so `trust_remote_code=True` is needed and transformers and torch "
-        "are all it takes (towerzoo itself is not)."
+        "are all it takes (towerzoo itself is not)"
+        + ("; the snippet reads and writes audio files with soundfile." if kind == "speech" else ".")
     )
+    if (folder / RESTORE_ADAPTERS_FILE).is_file():
+        base = config.get("base_model_name_or_path") or "the base CLIP"
+        lines.append(
+            f"This folder holds only RESTORE's own weights: loading it also loads its base CLIP (`{base}`, "
+            "`config.base_model_name_or_path`), which must be reachable."
+        )
     if not (folder / "processor_config.json").is_file():
         tokenizer = f" (`{entry.tokenizer}`)" if entry and entry.tokenizer else ""
         lines.append(
@@ -404,7 +499,7 @@ def evaluation_section(entry: Entry | None, runs: Sequence[Measured]) -> str:
     reported = {(r.task, r.dataset.key, r.split, r.metric): r for r in (entry.reported if entry else ())}
     rows, used = [], set()
     for run in runs:
-        for key, value in run.metrics.items():
+        for key, value in {**run.metrics, **run.others}.items():
             match = reported.get((run.task, run.dataset, run.split, key))
             used.add((run.task, run.dataset, run.split, key))
             paper = f"{match.value:.2f} ({match.table})" if match else MISSING
@@ -443,8 +538,9 @@ def evaluation_section(entry: Entry | None, runs: Sequence[Measured]) -> str:
         "|---|---|---|---|---|---|",
         *("| " + " | ".join(row) + " |" for row in rows),
         "",
-        "towerzoo numbers come from `towerzoo eval` on this folder (also in the metadata's `model-index`); paper "
-        "numbers from the table cited. Compare rows of the same split only"
+        "towerzoo numbers come from `towerzoo eval` on this folder (also in the metadata's `model-index`"
+        + (", except speed and duration figures" if any(run.others for run in runs) else "")
+        + "); paper numbers from the table cited. Compare rows of the same split only"
         + (
             ": VQAv2 test-dev and test-std are scored by the EvalAI server."
             if any(r[0] == "vqav2" for r in rows)

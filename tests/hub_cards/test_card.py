@@ -274,7 +274,7 @@ def test_results_without_metrics_or_of_an_unknown_task(zoo, tmp_path):
         write_card(zoo["vqa"], [submission])
     gqa = _results(tmp_path, zoo["vqa_results"], name="gqa.json", task="gqa")
     with pytest.raises(
-        CardError, match=r"task 'gqa' is not a towerzoo eval task \(vqav2, retrieval, video-retrieval\)"
+        CardError, match=r"task 'gqa' is not a towerzoo eval task \(vqav2, retrieval, video-retrieval, classification"
     ):
         write_card(zoo["vqa"], [gqa])
 
