@@ -17,6 +17,7 @@ CONVERTERS = {
     "restore-from-clip": "restore_from_clip",
     "zipper-from-decoders": "zipper_from_decoders",
     "llava-ov-manager-from-llava-ov": "llava_ov_manager_from_llava_ov",
+    "llava-ov-manager-original": "llava_ov_manager_original",
 }
 # options only some converters take: option → the converters that take it
 CONVERTER_OPTIONS = {"classnames": ("restore-from-clip",), "adapters_only": ("restore-from-clip",)}
