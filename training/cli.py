@@ -86,7 +86,7 @@ def _add_trainer_options(parser: argparse.ArgumentParser, task: str) -> None:
     group.add_argument("--logging-steps", type=int, default=50)
     group.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps")
     group.add_argument("--save-total-limit", type=int, help="keep at most N checkpoints")
-    if task != "restore":  # RESTORE is scored afterwards, by `towerzoo eval classification`
+    if task not in ("restore", "zipper"):  # scored afterwards, by `towerzoo eval classification|asr|tts`
         group.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: every epoch)")
         group.add_argument("--per-device-eval-batch-size", type=int)
     group.add_argument("--dataloader-num-workers", type=int, default=2, help="workers decoding images")
@@ -96,7 +96,7 @@ def _add_trainer_options(parser: argparse.ArgumentParser, task: str) -> None:
     group.add_argument(
         "--resume-from-checkpoint", help="a checkpoint folder, or 'last' (the newest in OUTPUT_DIR/checkpoints)"
     )
-    if task != "restore":
+    if task not in ("restore", "zipper"):
         group.add_argument(
             "--text-padding",
             choices=("max_length", "longest"),
@@ -253,3 +253,6 @@ def add_parsers(commands) -> None:
             _add_recipe_options(parser, task)
         _add_trainer_options(parser, task)
         parser.set_defaults(handler=_finetune)
+    from towerzoo.training.zipper import add_parser as add_zipper_parser
+
+    add_zipper_parser(tasks)
