@@ -70,6 +70,21 @@ def _vqav2(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mllm_vqa(args: argparse.Namespace) -> int:
+    from towerzoo.evaluation.mllm_vqa import MLLMVQAOptions, evaluate_mllm_vqa
+    from towerzoo.evaluation.vqa import format_report
+
+    results = evaluate_mllm_vqa(_options(args, MLLMVQAOptions, ("model", "questions", "images")), _accelerator())
+    if results is not None:
+        metrics = results.get("metrics")
+        if metrics and results["format"] == "vqav2":
+            print(format_report(metrics))
+        elif metrics:
+            print(f"accuracy {metrics['accuracy']:.2f} (no option letter in {metrics['no_letter']} answers)")
+        print(f"wrote {args.output}" + (f" and {results['submission']}" if "submission" in results else ""))
+    return 0
+
+
 def _retrieval(args: argparse.Namespace) -> int:
     from towerzoo.evaluation.retrieval import RetrievalOptions, evaluate_retrieval
 
@@ -150,8 +165,8 @@ def add_parsers(commands) -> None:
     """`towerzoo eval` and its tasks, on the main parser's subcommands."""
     evaluate = commands.add_parser(
         "eval",
-        help="score a model on a benchmark (VQAv2, image-text retrieval, video-text retrieval, classification, ASR, "
-        "TTS)",
+        help="score a model on a benchmark (VQAv2, MLLM VQA, image-text retrieval, video-text retrieval, "
+        "classification, ASR, TTS)",
     )
     tasks = evaluate.add_subparsers(dest="task", required=True)
     vqav2 = tasks.add_parser(
@@ -172,6 +187,51 @@ def add_parsers(commands) -> None:
         help="drop questions whose image is missing (counted in the results; not the official score)",
     )
     vqav2.set_defaults(handler=lambda args: _run_task(args, _vqav2))
+
+    mllm_vqa = tasks.add_parser(
+        "mllm-vqa",
+        help="short-answer (VQAv2 accuracy) or multiple-choice VQA with a generative MLLM (LLaVA-OneVision's prompts)",
+        description="Answer each question with an image-text-to-text model (LLaVA-OV-Manager, LLaVA-OneVision, ...) "
+        "prompted as LLaVA-OneVision's evaluation does (Qwen2 ChatML, the format's post-prompt) and decoded greedily "
+        "with left padding. vqav2: the official questions/annotations/images, scored with the official VQAv2 accuracy "
+        "(or the submission file without annotations). multiple-choice: JSONL or a JSON list of {question, image, "
+        "choices, answer}, scored by the option letter found in each answer. --limit counts questions.",
+    )
+    _add_run_options(mllm_vqa)
+    mllm_vqa.set_defaults(batch_size=8)
+    mllm_vqa.add_argument(
+        "--questions", type=Path, help="VQAv2 questions JSON, or the multiple-choice questions (JSONL or JSON list)"
+    )
+    mllm_vqa.add_argument("--annotations", type=Path, help="VQAv2 annotations JSON (absent for test splits)")
+    mllm_vqa.add_argument("--images", type=Path, help="image folder (multiple choice: the items' paths are under it)")
+    mllm_vqa.add_argument("--format", choices=("vqav2", "multiple-choice"), default="vqav2")
+    mllm_vqa.add_argument(
+        "--prompt-template",
+        help="prompt with {image}, {question} and {post_prompt} fields (default: LLaVA-OneVision's Qwen2 ChatML)",
+    )
+    mllm_vqa.add_argument(
+        "--post-prompt",
+        help="text after the question (default: LLaVA-OneVision's for the format, e.g. '\\nAnswer the question "
+        "using a single word or phrase.'); bash passes \\n as two characters, $'\\n…' as a newline",
+    )
+    mllm_vqa.add_argument("--max-new-tokens", type=int, default=16, help="most tokens generated per answer")
+    mllm_vqa.add_argument(
+        "--answer-processing",
+        choices=("official", "none"),
+        default="official",
+        help="vqav2: put each generation through the official answer normalisation before scoring (default) or not",
+    )
+    mllm_vqa.add_argument("--submission", type=Path, help="vqav2: also write the official results file here")
+    mllm_vqa.add_argument(
+        "--dataset", help="the dataset's name in the results (default: vqav2, or the questions file's name)"
+    )
+    mllm_vqa.add_argument("--split", help="the split's name in the results (default: the questions' data_subtype)")
+    mllm_vqa.add_argument(
+        "--skip-missing-images",
+        action="store_true",
+        help="drop questions whose image is missing (counted in the results; not the official score)",
+    )
+    mllm_vqa.set_defaults(handler=lambda args: _run_task(args, _mllm_vqa))
 
     retrieval = tasks.add_parser(
         "retrieval",
