@@ -4,9 +4,11 @@
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import PreTrainedModel, ProcessorMixin
@@ -78,12 +80,14 @@ def write_hub_folder(
     overwrite: bool = False,
     max_shard_size: str = "5GB",
     save_kwargs: dict | None = None,
+    extra_files: Sequence[Path] = (),
 ) -> Path:
     """Save `model` (and `processor`) as a Hub folder loadable with `trust_remote_code=True`.
 
     `exposed` maps class names to the Auto classes that should load them from this folder (the saved class must be
     among them). The model code is copied by transformers from the class's module and its relative imports.
-    `save_kwargs` go to the model's `save_pretrained` (e.g. RESTORE's `adapters_only=True`).
+    `save_kwargs` go to the model's `save_pretrained` (e.g. RESTORE's `adapters_only=True`); `extra_files` are copied
+    in as they are (e.g. a transformers processor's files, when loading it would need packages absent here).
     """
     model_class = type(model).__name__
     if model_class not in exposed:
@@ -97,6 +101,8 @@ def write_hub_folder(
             if not type(processor).__module__.startswith("transformers."):  # transformers' own need no code
                 type(processor).register_for_auto_class("AutoProcessor")
             processor.save_pretrained(tmp)
+        for path in extra_files:
+            shutil.copy2(path, tmp / Path(path).name)
         if verification is not None:
             (tmp / "verification.json").write_text(json.dumps(verification, indent=2, sort_keys=True) + "\n")
         if card is not None:

@@ -5,7 +5,8 @@ starting point the Manager paper trains from).
 Every key of the source lands under the same name (the model subclasses transformers' classes); the new weights are
 the managers' (zeros) and the layer embeddings (N(0, 1/D), seeded). The check: the converted model's logits equal
 transformers' `LlavaOnevisionForConditionalGeneration` on the source weights for a random image prompt (recorded in
-`verification.json`). The source's processor files (`LlavaOnevisionProcessor`, a transformers class) are copied.
+`verification.json`). The source's processor files (`LlavaOnevisionProcessor`, a transformers class) are copied as
+they are.
 """
 
 from pathlib import Path
@@ -94,6 +95,30 @@ def verify_against_llava_ov(model, reference, seed: int = 0) -> dict[str, float]
     return {"logits": float((model(**inputs).logits - reference(**inputs).logits).abs().max())}
 
 
+# the files of a transformers LLaVA-OneVision processor (copied, not loaded: loading builds its video processor,
+# which needs torchvision even for images)
+PROCESSOR_FILES = (
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.json",
+    "chat_template.jinja",
+)
+
+
+def processor_files_in(folder: Path) -> list[Path]:
+    """The processor files of `folder` (none unless it holds a processor or image-processor config)."""
+    if not any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
+        return []
+    return [folder / name for name in PROCESSOR_FILES if (folder / name).is_file()]
+
+
 def run(
     input_path: Path,
     output_dir: Path,
@@ -111,10 +136,7 @@ def run(
     worst = max(diffs.values())
     if not worst <= tolerance:
         raise ConversionError(f"the converted model differs from LLaVA-OneVision by {worst:.3g} (> {tolerance:g}).")
-    processor_dir = Path(tokenizer or input_path)
-    processor = None
-    if (processor_dir / "processor_config.json").is_file() or (processor_dir / "preprocessor_config.json").is_file():
-        processor = transformers.AutoProcessor.from_pretrained(str(processor_dir))
+    processor_files = processor_files_in(Path(tokenizer or input_path))
     verification = {
         "source_format": "llava-ov-manager-from-llava-ov",
         "source": str(input_path),
@@ -127,8 +149,8 @@ def run(
         model,
         output_dir,
         exposed=AUTO_CLASSES,
-        processor=processor,
         verification=verification,
+        extra_files=processor_files,
         overwrite=overwrite,
         max_shard_size=max_shard_size,
     )

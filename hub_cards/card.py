@@ -44,6 +44,7 @@ HARNESS_TASKS = {
     "retrieval": HarnessTask("image-text-retrieval", "Image-Text Retrieval", None),
     "video-retrieval": HarnessTask("video-text-retrieval", "Video-Text Retrieval", None),
     "classification": HarnessTask("image-classification", "Image Classification", None),
+    "mllm-vqa": HarnessTask("visual-question-answering", "Visual Question Answering (generative)", None),
     # RTFx depends on the machine and the batch size: shown in the table, kept out of model-index
     "asr": HarnessTask("automatic-speech-recognition", "Automatic Speech Recognition", None, ("wer", "cer")),
     "tts": HarnessTask(

@@ -283,3 +283,19 @@ def test_bad_input_fails_in_one_line(setup, tmp_path, capsys):
     assert "'answer' must be one of the letters A, B" in _cli_error(capsys, *multiple_choice, "--images", tmp_path)
     error = _cli_error(capsys, *vqav2, data["images"], "--prompt-template", "{question}")
     assert "one {image} and one {question}" in error
+
+
+def test_converted_folder_keeps_the_processor_is_scored_and_carded(setup, tmp_path):
+    """`towerzoo convert llava-ov-manager-from-llava-ov` on a LLaVA-OneVision folder that carries its processor (the
+    files are copied: loading it here would need torchvision), then `eval mllm-vqa` on the result, then its card."""
+    from towerzoo.hub_cards.card import write_card
+
+    source = tiny_llava_onevision_folder(tmp_path / "llava_ov")
+    out = tmp_path / "manager"
+    assert towerzoo_main(["convert", "llava-ov-manager-from-llava-ov", str(source), str(out)]) == 0
+    for name in ("processor_config.json", "tokenizer.json"):
+        assert (out / name).read_bytes() == (source / name).read_bytes()
+    results = evaluate_mllm_vqa(_options({**setup, "model": out}, tmp_path, limit=4))
+    assert results["task"] == "mllm-vqa" and "accuracy" in results["metrics"]
+    card = write_card(out, [tmp_path / "results.json"]).read_text()
+    assert "Visual Question Answering (generative)" in card and "model-index" in card
