@@ -9,7 +9,7 @@ order, or `count` and `source`), and `entries` (name → fields below). Top-leve
 anchors only.
 
 An entry's name is its target repo name on the Hub (the card's title and model-index name). Entry fields:
-- `architecture`: the `towerzoo.models` package (bridgetower, managertower, vidla).
+- `architecture`: the `towerzoo.models` package (bridgetower, managertower, vidla, restore, zipper, llava_ov_manager).
 - `description`: one or two sentences for `towerzoo list` and the card.
 - `source`: `checkpoint` (download URL, Hub id, or a description for models trained here) and `format` (the
   `towerzoo convert` source format; absent for models that are not converted).
@@ -36,7 +36,7 @@ from pathlib import Path
 import yaml
 
 REGISTRY_PATH = Path(__file__).with_name("zoo.yaml")
-ARCHITECTURES = ("bridgetower", "managertower", "vidla")
+ARCHITECTURES = ("bridgetower", "managertower", "vidla", "restore", "zipper", "llava_ov_manager")
 
 
 class RegistryError(ValueError):
