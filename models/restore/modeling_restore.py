@@ -136,9 +136,10 @@ class RestorePromptLearner(nn.Module):
         ]
         return Prompts(self.text_context, deep, vision[0], vision[1:])
 
-    def gram_norms(self) -> torch.Tensor:
-        """(J-1, 2): ‖PᵀP‖_F of each deep layer's text and vision prompts (computed as ‖PPᵀ‖_F, the same value)."""
-        prompts = self()
+    def gram_norms(self, prompts: Prompts | None = None) -> torch.Tensor:
+        """(J-1, 2): ‖PᵀP‖_F of each deep layer's text and vision prompts (computed as ‖PPᵀ‖_F, the same value), of
+        `prompts` (this forward's) or of fresh ones."""
+        prompts = self() if prompts is None else prompts
         norms = [
             torch.stack([torch.linalg.matrix_norm(t @ t.T), torch.linalg.matrix_norm(v @ v.T)])
             for t, v in zip(prompts.text_deep, prompts.vision_deep)
@@ -597,7 +598,7 @@ class RestoreForImageClassification(RestorePreTrainedModel):
 
     def _feature_shift_loss(self, prompts, text_features, image_features, input_ids, attention_mask, pixel_values):
         if self.config.feature_shift_loss == "prompt_gram" and self.config.prompt_depth > 1:
-            shifts = self.prompt_learner.gram_norms() / self.feature_shift_reference
+            shifts = self.prompt_learner.gram_norms(prompts) / self.feature_shift_reference
             return ((shifts[:, 0] - shifts[:, 1]) ** 2).sum()
         if self.config.feature_shift_loss == "embedding":
             with torch.no_grad():
