@@ -15,6 +15,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .tower_attention import TowerAttention
 
@@ -146,6 +147,67 @@ def causal_text_mask(config, embeddings: torch.Tensor, padding_mask: torch.Tenso
     if "cache_position" in parameters:
         extra["cache_position"] = torch.arange(embeddings.shape[1], device=embeddings.device)
     return create_causal_mask(config=config, inputs_embeds=embeddings, attention_mask=padding_mask, **extra)
+
+
+class ClipTextTower:
+    """CLIP's text transformer as a mixin for a `PreTrainedModel` subclass (VidLA's and RESTORE's text towers): call
+    `build_text_tower(config)` in `__init__`. `forward` also takes MaPLe-style prompts (RESTORE); without them it is
+    CLIP's text model. `pooler_output` is the final-LayerNorm'd state at the end-of-text token."""
+
+    def build_text_tower(self, config) -> None:
+        self.embeddings = ClipTextEmbeddings(config)
+        self.layers = nn.ModuleList([ClipTextLayer(config) for _ in range(config.num_hidden_layers)])
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.token_embedding = value
+
+    def end_of_text_positions(self, input_ids: torch.LongTensor) -> torch.LongTensor:
+        """Where each row is pooled: its first `eos_token_id` (its largest id for legacy configs with eos id 2)."""
+        if self.config.eos_token_id == 2:
+            return input_ids.argmax(dim=-1)
+        return (input_ids == self.config.eos_token_id).int().argmax(dim=-1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        deep_prompts: list[torch.Tensor] = (),
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        context (`(n, hidden_size)`, optional): replaces the token embeddings at positions 1 … n (a layer-0 prompt).
+        deep_prompts (list of `(n, hidden_size)`): prompt i replaces positions 1 … n before layer i + 1.
+        """
+        embeddings = self.embeddings.token_embedding(input_ids)
+        n = 0 if context is None else context.shape[0]
+        if n:
+            if n + 2 > input_ids.shape[1]:
+                raise ValueError(f"texts of {input_ids.shape[1]} tokens have no room for {n} context tokens.")
+            context = context.to(embeddings.dtype).expand(input_ids.shape[0], -1, -1)
+            embeddings = torch.cat([embeddings[:, :1], context, embeddings[:, 1 + n :]], dim=1)
+        hidden_states = self.embeddings(input_ids, inputs_embeds=embeddings)
+        mask = causal_text_mask(self.config, hidden_states, attention_mask)
+        all_states = [hidden_states]
+        for index, layer in enumerate(self.layers):
+            if 0 < index <= len(deep_prompts):
+                prompt = deep_prompts[index - 1].to(hidden_states.dtype).expand(hidden_states.shape[0], -1, -1)
+                hidden_states = torch.cat([hidden_states[:, :1], prompt, hidden_states[:, 1 + n :]], dim=1)
+            hidden_states = layer(hidden_states, mask)
+            all_states.append(hidden_states)
+        hidden_states = self.final_layer_norm(hidden_states)
+        rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+        pooled = hidden_states[rows, self.end_of_text_positions(input_ids).to(hidden_states.device)]
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states,
+            pooler_output=pooled,
+            hidden_states=tuple(all_states) if output_hidden_states else None,
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------------

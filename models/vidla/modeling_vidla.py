@@ -92,7 +92,7 @@ from .tower_attention import (
     eager_attention_forward,
     padding_mask_for,
 )
-from .tower_blocks import ClipTextEmbeddings, ClipTextLayer, ClipVisionEmbeddings, ClipVisionLayer, causal_text_mask
+from .tower_blocks import ClipTextEmbeddings, ClipTextTower, ClipVisionEmbeddings, ClipVisionLayer
 
 
 @dataclass
@@ -411,8 +411,9 @@ class VidLAPreTrainedModel(AttentionBackendHints, PreTrainedModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 
-class VidLATextModel(VidLAPreTrainedModel):
-    """CLIP's text transformer; `pooler_output` is the final-LayerNorm'd state at the end-of-text token."""
+class VidLATextModel(ClipTextTower, VidLAPreTrainedModel):
+    """CLIP's text transformer (`ClipTextTower`); `pooler_output` is the final-LayerNorm'd state at the end-of-text
+    token."""
 
     config_class = VidLATextConfig
     base_model_prefix = "text_model"
@@ -420,44 +421,8 @@ class VidLATextModel(VidLAPreTrainedModel):
 
     def __init__(self, config: VidLATextConfig):
         super().__init__(config)
-        self.embeddings = ClipTextEmbeddings(config)
-        self.layers = nn.ModuleList([ClipTextLayer(config) for _ in range(config.num_hidden_layers)])
-        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.build_text_tower(config)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings.token_embedding
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embeddings.token_embedding = value
-
-    def end_of_text_positions(self, input_ids: torch.LongTensor) -> torch.LongTensor:
-        """Where each row is pooled: its first `eos_token_id` (its largest id for legacy configs with eos id 2)."""
-        if self.config.eos_token_id == 2:
-            return input_ids.argmax(dim=-1)
-        return (input_ids == self.config.eos_token_id).int().argmax(dim=-1)
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        hidden_states = self.embeddings(input_ids)
-        mask = causal_text_mask(self.config, hidden_states, attention_mask)
-        all_states = [hidden_states]
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, mask)
-            all_states.append(hidden_states)
-        hidden_states = self.final_layer_norm(hidden_states)
-        rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
-        pooled = hidden_states[rows, self.end_of_text_positions(input_ids).to(hidden_states.device)]
-        return BaseModelOutputWithPooling(
-            last_hidden_state=hidden_states,
-            pooler_output=pooled,
-            hidden_states=tuple(all_states) if output_hidden_states else None,
-        )
 
 
 class VidLAVideoModel(VidLAPreTrainedModel):
