@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -103,6 +104,38 @@ class ClipVisionLayer(GradientCheckpointingLayer):
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         hidden_states = hidden_states + self.self_attn(self.layer_norm1(hidden_states), attention_mask)[0]
         return hidden_states + self.mlp(self.layer_norm2(hidden_states))
+
+
+def init_clip_module(module: nn.Module, std: float) -> bool:
+    """OpenAI CLIP's initialisation of one module of the CLIP towers (and of linears marked `zero_init`,
+    `torch_default_init` or `init_std`); True when `module` was one it knows. For the models' `_init_weights`."""
+    if isinstance(module, ClipVisionEmbeddings):
+        width = module.class_embedding.shape[0]
+        init.normal_(module.class_embedding, std=width**-0.5)
+        init.normal_(module.position_embedding.weight, std=width**-0.5)
+        init.normal_(module.patch_embedding.weight, std=std)
+    elif isinstance(module, ClipTextEmbeddings):
+        init.normal_(module.token_embedding.weight, std=0.02)
+        init.normal_(module.position_embedding.weight, std=0.01)
+    elif isinstance(module, nn.Linear) and getattr(module, "zero_init", False):
+        init.zeros_(module.weight)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear) and getattr(module, "torch_default_init", False):
+        bound = module.in_features**-0.5  # nn.Linear's own default: U(±1/sqrt(fan_in)), bias too
+        init.uniform_(module.weight, -bound, bound)
+        if module.bias is not None:
+            init.uniform_(module.bias, -bound, bound)
+    elif isinstance(module, nn.Linear):
+        init.normal_(module.weight, std=getattr(module, "init_std", std))
+        if module.bias is not None:
+            init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        init.ones_(module.weight)
+        init.zeros_(module.bias)
+    else:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ from transformers.utils import ModelOutput, cached_file
 from .clip_weights import rename_clip_weights
 from .configuration_restore import RestoreConfig, RestoreTextConfig, RestoreVisionConfig
 from .tower_attention import AttentionBackendHints
-from .tower_blocks import ClipTextEmbeddings, ClipTextTower, ClipVisionEmbeddings, ClipVisionLayer
+from .tower_blocks import ClipTextTower, ClipVisionEmbeddings, ClipVisionLayer, init_clip_module
 
 # An adapters-only folder holds this file instead of the full weights; the rest comes from the base CLIP.
 ADAPTERS_FILE = "restore_adapters.safetensors"
@@ -186,34 +186,12 @@ class RestorePreTrainedModel(AttentionBackendHints, PreTrainedModel):
         """OpenAI CLIP's initialisation for the towers; prompts N(0, 0.02²); prompt maps and surgery layers as
         nn.Linear's default (the official code's); the surgery's output projection at zero
         (with `surgery_zero_init`); reference norms and ratios from the fresh prompts and the config."""
-        std = getattr(self.config, "initializer_range", 0.02)
-        if isinstance(module, ClipVisionEmbeddings):
-            width = module.class_embedding.shape[0]
-            init.normal_(module.class_embedding, std=width**-0.5)
-            init.normal_(module.position_embedding.weight, std=width**-0.5)
-            init.normal_(module.patch_embedding.weight, std=std)
-        elif isinstance(module, ClipTextEmbeddings):
-            init.normal_(module.token_embedding.weight, std=0.02)
-            init.normal_(module.position_embedding.weight, std=0.01)
-        elif isinstance(module, RestorePromptLearner):
+        if isinstance(module, RestorePromptLearner):
             init.normal_(module.text_context, std=0.02)
             if module.text_deep is not None:
                 init.normal_(module.text_deep, std=0.02)
-        elif isinstance(module, nn.Linear) and getattr(module, "zero_init", False):
-            init.zeros_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear) and getattr(module, "torch_default_init", False):
-            # the official prompt maps and surgery layers keep nn.Linear's default: U(±1/sqrt(fan_in)), bias too
-            bound = module.in_features**-0.5
-            init.uniform_(module.weight, -bound, bound)
-            init.uniform_(module.bias, -bound, bound)
-        elif isinstance(module, nn.Linear):
-            init.normal_(module.weight, std=getattr(module, "init_std", std))
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
+        elif init_clip_module(module, getattr(self.config, "initializer_range", 0.02)):
+            pass
         elif isinstance(module, RestoreForImageClassification):  # runs after its children
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             init.copy_(module.surgery_ratios, module.initial_surgery_ratios())

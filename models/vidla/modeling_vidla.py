@@ -92,7 +92,7 @@ from .tower_attention import (
     eager_attention_forward,
     padding_mask_for,
 )
-from .tower_blocks import ClipTextEmbeddings, ClipTextTower, ClipVisionEmbeddings, ClipVisionLayer
+from .tower_blocks import ClipTextTower, ClipVisionEmbeddings, ClipVisionLayer, init_clip_module
 
 
 @dataclass
@@ -386,27 +386,10 @@ class VidLAPreTrainedModel(AttentionBackendHints, PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """OpenAI CLIP's initialisation (scaled normals, see `ClipVisionLayer`); VidLA's new temporal positions and
         temporal output projections at zero, [MST] tokens drawn like CLIP's class token."""
-        std = getattr(self.config, "initializer_range", 0.02)
-        if isinstance(module, VidLAVideoEmbeddings):
-            width = module.class_embedding.shape[0]
-            init.normal_(module.class_embedding, std=width**-0.5)
-            init.normal_(module.position_embedding.weight, std=width**-0.5)
-            init.normal_(module.patch_embedding.weight, std=std)
-            init.zeros_(module.temporal_position_embedding)
-            init.normal_(module.mst_embeddings, std=width**-0.5)
-        elif isinstance(module, ClipTextEmbeddings):
-            init.normal_(module.token_embedding.weight, std=0.02)
-            init.normal_(module.position_embedding.weight, std=0.01)
-        elif isinstance(module, nn.Linear):
-            if getattr(module, "zero_init", False):
-                init.zeros_(module.weight)
-            else:
-                init.normal_(module.weight, std=getattr(module, "init_std", std))
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
+        if init_clip_module(module, getattr(self.config, "initializer_range", 0.02)):
+            if isinstance(module, VidLAVideoEmbeddings):
+                init.zeros_(module.temporal_position_embedding)
+                init.normal_(module.mst_embeddings, std=module.class_embedding.shape[0] ** -0.5)
         elif isinstance(module, VidLAModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
