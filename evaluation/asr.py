@@ -39,11 +39,10 @@ from towerzoo.evaluation.runner import (
     Timer,
     file_fingerprint,
     fingerprint,
+    finish_run,
     load_model,
     model_identity,
     plan_batches,
-    remove_work_dir,
-    write_results,
 )
 
 LAYOUTS = ("librispeech", "audiofolder")
@@ -414,7 +413,4 @@ def evaluate_asr(options: ASROptions, accelerator=None) -> dict | None:
         "resumed_batches": run.stats.get("resumed_batches", 0),
         "timing": {**timer.seconds, "total": time.time() - started},
     }
-    write_results(options.output, results)
-    if not options.keep_work_dir:
-        remove_work_dir(work_dir)
-    return results
+    return finish_run(options, results, work_dir)

@@ -34,11 +34,10 @@ from towerzoo.evaluation.runner import (
     Timer,
     file_fingerprint,
     fingerprint,
+    finish_run,
     load_model,
     model_identity,
     plan_batches,
-    remove_work_dir,
-    write_results,
 )
 
 logger = logging.getLogger(__name__)
@@ -212,7 +211,4 @@ def evaluate_classification(options: ClassificationOptions, accelerator=None) ->
             "images_per_second": num_examples / max(timer.seconds["inference"], 1e-9),
         },
     }
-    write_results(options.output, results)
-    if not options.keep_work_dir:
-        remove_work_dir(work_dir)
-    return results
+    return finish_run(options, results, work_dir)

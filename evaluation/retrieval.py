@@ -41,14 +41,13 @@ from towerzoo.evaluation.runner import (
     default_cache_dir,
     file_fingerprint,
     fingerprint,
+    finish_run,
     load_model,
     model_identity,
     open_image,
     plan_batches,
     read_json,
-    remove_work_dir,
     save_tensors_atomically,
-    write_results,
 )
 
 logger = logging.getLogger(__name__)
@@ -432,10 +431,7 @@ def evaluate_retrieval(options: RetrievalOptions, accelerator=None) -> dict | No
     results["timing"] = {**timer.seconds, "total": time.time() - started}
     if options.rerank:
         results["timing"]["pairs_per_second"] = len(pairs) / max(timer.seconds["reranking"], 1e-9)
-    write_results(options.output, results)
-    if not options.keep_work_dir:
-        remove_work_dir(run.work_dir)
-    return results
+    return finish_run(options, results, run.work_dir)
 
 
 def _protocol(options: RetrievalOptions, num_images: int, num_texts: int) -> dict:

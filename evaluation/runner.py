@@ -293,6 +293,15 @@ def write_results(path: Path, results: dict) -> Path:
     return write_json_atomically(path, {"schema_version": RESULTS_SCHEMA_VERSION, **results})
 
 
+def finish_run(options: RunOptions, results: dict, work_dir: Path) -> dict:
+    """The end of every harness: the results JSON at `options.output`, then the finished batches removed (unless
+    `--keep-work-dir`). Returns `results`."""
+    write_results(options.output, results)
+    if not options.keep_work_dir:
+        remove_work_dir(work_dir)
+    return results
+
+
 class Timer:
     """Named wall-clock phases: `with timer("embedding"): ...`; `timer.seconds` maps names to seconds."""
 

@@ -51,9 +51,8 @@ from towerzoo.evaluation.runner import (
     ShardedRun,
     Timer,
     fingerprint,
+    finish_run,
     model_identity,
-    remove_work_dir,
-    write_results,
 )
 
 ASR_KINDS = ("zipper", "pipeline")
@@ -297,7 +296,4 @@ def evaluate_tts(options: TTSOptions, accelerator=None) -> dict | None:
         "resumed_batches": run.stats.get("resumed_batches", 0),
         "timing": {**timer.seconds, "total": time.time() - started},
     }
-    write_results(options.output, results)
-    if not options.keep_work_dir:
-        remove_work_dir(work_dir)
-    return results
+    return finish_run(options, results, work_dir)

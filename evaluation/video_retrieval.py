@@ -36,13 +36,12 @@ from towerzoo.evaluation.runner import (
     default_cache_dir,
     file_fingerprint,
     fingerprint,
+    finish_run,
     load_model,
     model_identity,
     plan_batches,
     read_json,
-    remove_work_dir,
     save_tensors_atomically,
-    write_results,
 )
 
 logger = logging.getLogger(__name__)
@@ -463,10 +462,7 @@ def evaluate_video_retrieval(options: VideoRetrievalOptions, accelerator=None) -
     if options.save_scores is not None:
         results["scores"] = str(options.save_scores)
     results["timing"] = {**timer.seconds, "total": time.time() - started}
-    write_results(options.output, results)
-    if not options.keep_work_dir:
-        remove_work_dir(run.work_dir)
-    return results
+    return finish_run(options, results, run.work_dir)
 
 
 def _protocol(options: VideoRetrievalOptions, num_frames: int) -> dict:

@@ -22,13 +22,12 @@ from towerzoo.evaluation.runner import (
     Timer,
     file_fingerprint,
     fingerprint,
+    finish_run,
     load_model,
     open_image,
     plan_batches,
     read_json,
-    remove_work_dir,
     write_json_atomically,
-    write_results,
 )
 
 logger = logging.getLogger(__name__)
@@ -234,7 +233,4 @@ def evaluate_vqav2(options: VQAv2Options, accelerator=None) -> dict | None:
         "total": time.time() - started,
         "questions_per_second": len(dataset) / max(timer.seconds["inference"], 1e-9),
     }
-    write_results(options.output, results)
-    if not options.keep_work_dir:
-        remove_work_dir(work_dir)
-    return results
+    return finish_run(options, results, work_dir)
